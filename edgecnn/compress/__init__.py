@@ -1,0 +1,1 @@
+"""Model compression: training, knowledge distillation (pruning and QAT come next)."""

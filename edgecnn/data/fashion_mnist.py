@@ -1,0 +1,222 @@
+"""Fashion-MNIST (Xiao, Rasul & Vollgraf, 2017, arXiv:1708.07747): finding, downloading, loading.
+
+Search order, first folder holding all four files wins:
+
+1. the recipe's ``data.path``;
+2. ``$EDGECNN_DATA`` itself, then its ``fashion-mnist`` sub-folder;
+3. ``/usr/share/datasets/fashion-mnist`` (Debian package ``dataset-fashion-mnist``);
+4. the Keras download cache ``$KERAS_HOME/datasets/fashion-mnist`` (``~/.keras`` by default).
+
+If none has them, the missing files are downloaded into the Keras cache from the URLs
+Keras itself uses, verified by sha256 and written atomically. No TensorFlow here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Mapping, Optional
+
+import numpy as np
+
+from edgecnn.data.idx import read_idx
+from edgecnn.data.raw import RawDataset
+from edgecnn.errors import DataError
+from edgecnn.fileio import atomic_path
+
+FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
+CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+
+BASE_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
+# sha256 of the official .gz files (tensorflow/datasets url_checksums/fashion_mnist.txt;
+# the byte sizes there, 26421880 etc., match what Keras downloads from BASE_URL). The
+# Debian package's files hold the same images but were re-gzipped, so their .gz bytes
+# differ: these hashes check downloads only, never a local copy.
+SHA256 = {
+    "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+    "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+    "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+    "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+}
+
+ENV_VAR = "EDGECNN_DATA"
+SUBDIR = "fashion-mnist"
+SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+DOWNLOAD_TIMEOUT_S = 15.0
+HOW_TO_GET = "sudo apt-get install dataset-fashion-mnist, or set EDGECNN_DATA to a folder with the four .gz files"
+
+
+def keras_cache_dir() -> Path:
+    """The folder Keras downloads Fashion-MNIST into (honours ``KERAS_HOME`` like Keras)."""
+    home = os.environ.get("KERAS_HOME") or Path.home() / ".keras"
+    return Path(home) / "datasets" / SUBDIR
+
+
+def candidate_dirs(path: Optional[str | Path] = None) -> list[Path]:
+    """The folders searched for the four files, in order (see the module docstring)."""
+    dirs: list[Path] = []
+    if path is not None:
+        dirs.append(Path(path).expanduser())
+    env = os.environ.get(ENV_VAR)
+    if env:
+        dirs += [Path(env).expanduser(), Path(env).expanduser() / SUBDIR]
+    dirs += [SYSTEM_DIR, keras_cache_dir()]
+    return dirs
+
+
+def find_files(folder: Path) -> Optional[dict[str, Path]]:
+    """Map each name in :data:`FILES` to its file in ``folder``, or None if one is missing.
+
+    An uncompressed copy (the name without ``.gz``) is accepted too, since some mirrors
+    ship the IDX files already unpacked.
+    """
+    found = {}
+    for name in FILES:
+        for candidate in (folder / name, folder / name.removesuffix(".gz")):
+            if candidate.is_file():
+                found[name] = candidate
+                break
+        else:
+            return None
+    return found
+
+
+def locate_fashion_mnist(
+    path: Optional[str | Path] = None,
+    *,
+    download: bool = True,
+    base_url: str = BASE_URL,
+    timeout: float = DOWNLOAD_TIMEOUT_S,
+) -> Path:
+    """Find the folder holding the four Fashion-MNIST files, downloading them if needed.
+
+    Args:
+        path: the recipe's ``data.path`` (searched first), or None.
+        download: when no folder has the files, try to download them into
+            :func:`keras_cache_dir`.
+        base_url: where to download from (tests point it at a local server).
+        timeout: seconds to wait on each network operation.
+
+    Returns:
+        The first folder, in :func:`candidate_dirs` order, holding all four files.
+
+    Raises:
+        DataError: one line listing the folders searched, why the download failed, and
+            how to install the dataset.
+    """
+    dirs = candidate_dirs(path)
+    for folder in dirs:
+        if find_files(folder) is not None:
+            return folder
+    looked = "; ".join(_describe(folder) for folder in dirs)
+    if not download:
+        raise DataError(f"Fashion-MNIST not found (looked in {looked}); {HOW_TO_GET}")
+    try:
+        return download_fashion_mnist(keras_cache_dir(), base_url=base_url, timeout=timeout)
+    except DataError as exc:
+        raise DataError(f"Fashion-MNIST not found (looked in {looked}) and the download failed ({exc}); {HOW_TO_GET}") from None
+
+
+def download_fashion_mnist(
+    target_dir: str | Path,
+    *,
+    base_url: str = BASE_URL,
+    expected_sha256: Mapping[str, str] = SHA256,
+    timeout: float = DOWNLOAD_TIMEOUT_S,
+) -> Path:
+    """Download the files of :data:`FILES` missing from ``target_dir``.
+
+    Each file is streamed to a temporary name beside its target, hashed on the way, and
+    renamed into place only when its sha256 matches, so an interrupted or tampered
+    download never leaves a file that a later search would accept.
+
+    Args:
+        target_dir: folder to fill (created if needed).
+        base_url: http(s) URL the file names are appended to.
+        expected_sha256: file name -> sha256 hex digest of the expected bytes.
+        timeout: seconds to wait on each network operation.
+
+    Returns:
+        ``target_dir``, now holding all four files.
+
+    Raises:
+        DataError: one line naming the URL and the reason (network error, HTTP status,
+            hash mismatch, unwritable folder).
+    """
+    target_dir = Path(target_dir).expanduser()
+    if urllib.parse.urlsplit(base_url).scheme not in ("http", "https"):
+        raise DataError(f"{base_url}: download URL must be http(s); use a local folder via data.path instead")
+    base = base_url if base_url.endswith("/") else base_url + "/"
+    for name in FILES:
+        target = target_dir / name
+        if target.is_file():
+            continue
+        _download_one(base + name, target, expected_sha256[name], timeout)
+    return target_dir
+
+
+def load_fashion_mnist(path: Optional[str | Path] = None) -> RawDataset:
+    """Load Fashion-MNIST as uint8 (N, 28, 28, 1) images and int64 labels.
+
+    Args:
+        path: the recipe's ``data.path``, searched first (see :func:`locate_fashion_mnist`).
+
+    Returns:
+        A :class:`RawDataset` with 60000 training and 10000 test images.
+
+    Raises:
+        DataError: the files cannot be found, downloaded or read.
+    """
+    folder = locate_fashion_mnist(path)
+    files = find_files(folder)
+    if files is None:  # removed between locate and load
+        raise DataError(f"{folder}: Fashion-MNIST files vanished while loading; run again")
+    arrays = {name: read_idx(p) for name, p in files.items()}
+    splits = []
+    for images_name, labels_name in ((FILES[0], FILES[1]), (FILES[2], FILES[3])):
+        images, labels = arrays[images_name], arrays[labels_name]
+        if images.ndim != 3 or images.dtype != np.uint8:
+            raise DataError(f"{files[images_name]}: expected uint8 images (N, H, W), got {images.dtype} {images.shape}; is this the right file?")
+        if labels.ndim != 1 or len(labels) != len(images):
+            raise DataError(f"{files[labels_name]}: {labels.shape} labels for {len(images)} images in {files[images_name].name}; the files do not belong together, replace them")
+        splits.append((images[..., np.newaxis], labels.astype(np.int64)))
+    (x_train, y_train), (x_test, y_test) = splits
+    return RawDataset(x_train, y_train, x_test, y_test, CLASS_NAMES, source=str(folder))
+
+
+def _describe(folder: Path) -> str:
+    if not folder.is_dir():
+        return f"{folder} (no such folder)"
+    missing = [n for n in FILES if not (folder / n).is_file() and not (folder / n.removesuffix(".gz")).is_file()]
+    return f"{folder} (missing {', '.join(missing)})"
+
+
+def _download_one(url: str, target: Path, sha256: str, timeout: float) -> None:
+    digest = hashlib.sha256()
+    try:
+        with atomic_path(target) as tmp:
+            with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    digest.update(block)
+                    out.write(block)
+            if digest.hexdigest() != sha256:
+                # Raising inside atomic_path deletes the temporary file.
+                raise DataError(f"{url}: sha256 mismatch (got {digest.hexdigest()[:12]}..., expected {sha256[:12]}...); the download is corrupt or not the official file")
+    except urllib.error.HTTPError as exc:
+        raise DataError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+    except urllib.error.URLError as exc:
+        raise DataError(f"{url}: {exc.reason} (offline?)") from None
+    except (TimeoutError, ConnectionError, http.client.HTTPException) as exc:
+        raise DataError(f"{url}: {type(exc).__name__} {exc} (offline or interrupted?)") from None
+    except OSError as exc:
+        raise DataError(f"{target}: cannot write the download ({exc.strerror or exc}); check permissions on {target.parent}") from None

@@ -1,0 +1,1 @@
+"""Export: TFLite conversion, metadata, Edge TPU compile and inspection of .tflite files."""

@@ -1,0 +1,39 @@
+"""The table of TFLite formats edgecnn writes: one frozen row per format, validated up front."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """One TFLite flavour.
+
+    Attributes:
+        name: recipe name (``export.formats`` / the int8 quantize stage).
+        filename: artifact file name in the run directory.
+        precision: what ``report.json`` calls it.
+        needs_calibration: needs a representative dataset (full-integer quantization).
+        description: one line for people.
+    """
+
+    name: str
+    filename: str
+    precision: str
+    needs_calibration: bool
+    description: str
+
+
+FORMATS: tuple[ExportFormat, ...] = (
+    ExportFormat("float32", "student_float32.tflite", "float32", False, "float32 weights and activations"),
+    ExportFormat("float16", "student_float16.tflite", "float16", False, "float16 weights, float32 compute (GPU delegates)"),
+    ExportFormat("int8", "student_int8.tflite", "int8", True, "full-integer int8 weights and activations (CPU, Edge TPU, NPUs)"),
+)
+
+
+def get_format(name: str) -> ExportFormat:
+    """The row called ``name``."""
+    for row in FORMATS:
+        if row.name == name:
+            return row
+    raise KeyError(f"unknown export format {name!r}; known: {', '.join(f.name for f in FORMATS)}")

@@ -1,0 +1,784 @@
+"""Read the structure of an untrusted ``.tflite`` file, without TensorFlow.
+
+``edgecnn inspect MODEL.tflite`` uses :func:`inspect_tflite`. The file may come from
+anywhere, so this module parses the TFLite flatbuffer with its own small reader in which
+every offset, vtable and vector is checked against the file length before it is read,
+and the total work is capped by the file size (flatbuffer offsets can be shared, so a
+small hostile file could otherwise describe an enormous structure). Any structural
+problem becomes one :class:`~edgecnn.errors.ModelFileError` line naming the file, what
+is wrong and the fix.
+
+Only the fields this summary needs are read; field ids follow ``schema.fbs`` as shipped
+in ``ai_edge_litert/schema_py_generated.py`` (Model, SubGraph, Tensor, Operator,
+OperatorCode, Buffer, Metadata, QuantizationParameters, SignatureDef). The flatbuffer
+format itself is described at https://flatbuffers.dev/internals/.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import mmap
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from edgecnn.errors import ModelFileError
+
+__all__ = [
+    "TensorSummary",
+    "TensorTypeSummary",
+    "SubgraphSummary",
+    "TfliteSummary",
+    "inspect_tflite",
+    "inspect_tflite_bytes",
+    "format_summary",
+    "summary_to_dict",
+]
+
+FILE_IDENTIFIER = b"TFL3"
+
+# Files up to this size are read into memory; bigger ones (models whose weights sit
+# after the flatbuffer, addressed by Buffer.offset/size) are memory-mapped so that
+# inspecting a multi-GB model does not copy it.
+_READ_LIMIT = 256 << 20
+# A real TFLite tensor never has more dimensions than this; a larger rank means the
+# shape vector is garbage, and reading it would only waste memory.
+_MAX_RANK = 64
+# Quantization parameters are materialized only for input/output tensors; per-axis
+# vectors longer than this are not plausible for I/O and would only waste memory.
+_MAX_QUANT_PARAMS = 1 << 20
+_MAX_STRING = 1 << 20
+# Work budget: units are tables visited plus vector elements read. A well-formed file
+# needs far less than one unit per two bytes; the constant covers tiny files.
+_BUDGET_BASE = 200_000
+
+_FIX_CORRUPT = "the file is corrupt or truncated; copy it again or re-export it with the TFLite converter"
+_FIX_NOT_TFLITE = "pass a .tflite produced by the TFLite converter"
+
+# Builtin operator codes whose input 1 is the weight tensor (filter / weights matrix).
+_WEIGHT_OP_CODES = {
+    3: "CONV_2D",
+    4: "DEPTHWISE_CONV_2D",
+    9: "FULLY_CONNECTED",
+    67: "TRANSPOSE_CONV",
+    132: "CONV_3D",
+    141: "CONV_3D_TRANSPOSE",
+}
+_DEQUANTIZE = 6
+_CUSTOM = 32
+
+# TensorType names, used when ai_edge_litert is not installed (the enum only grows).
+_TENSOR_TYPES_FALLBACK = (
+    "FLOAT32", "FLOAT16", "INT32", "UINT8", "INT64", "STRING", "BOOL", "INT16",
+    "COMPLEX64", "INT8", "FLOAT64", "COMPLEX128", "UINT64", "RESOURCE", "VARIANT",
+    "UINT32", "UINT16", "INT4", "BFLOAT16", "INT2", "UINT4", "FLOAT8_E4M3FN",
+    "FLOAT8_E5M2",
+)
+# Bytes per element, for counting parameters when a constant's shape is unusable.
+_ITEMSIZE = {
+    "FLOAT32": 4, "FLOAT16": 2, "INT32": 4, "UINT8": 1, "INT64": 8, "BOOL": 1,
+    "INT16": 2, "COMPLEX64": 8, "INT8": 1, "FLOAT64": 8, "COMPLEX128": 16,
+    "UINT64": 8, "UINT32": 4, "UINT16": 2, "BFLOAT16": 2, "FLOAT8_E4M3FN": 1,
+    "FLOAT8_E5M2": 1,
+}
+
+# Magic numbers of files people commonly mistake for a .tflite, with the fix to print.
+_KNOWN_MAGIC = (
+    (b"\x89PNG", "a PNG image", _FIX_NOT_TFLITE),
+    (b"\xff\xd8\xff", "a JPEG image", _FIX_NOT_TFLITE),
+    (b"PK\x03\x04", "a ZIP archive (a .keras model?)",
+     "convert the Keras model to .tflite first (edgecnn build), then inspect that"),
+    (b"\x89HDF", "an HDF5 file (a Keras .h5 model?)",
+     "convert the Keras model to .tflite first (edgecnn build), then inspect that"),
+    (b"\x1f\x8b", "a gzip archive", "decompress it first"),
+)
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class TensorSummary:
+    """One model input or output tensor.
+
+    Attributes:
+        index: tensor index in the primary subgraph.
+        name: tensor name.
+        shape: static shape, as the interpreter allocates it.
+        shape_signature: shape with -1 for dynamic dims (equals ``shape`` if absent).
+        dtype: TensorType name, e.g. ``"INT8"``.
+        scales: quantization scale(s); empty when not quantized.
+        zero_points: quantization zero point(s).
+        quantized_dimension: axis of per-axis quantization.
+    """
+
+    index: int
+    name: str
+    shape: tuple[int, ...]
+    shape_signature: tuple[int, ...]
+    dtype: str
+    scales: tuple[float, ...] = ()
+    zero_points: tuple[int, ...] = ()
+    quantized_dimension: int = 0
+
+    @property
+    def per_axis(self) -> bool:
+        """True when the tensor carries one scale per channel."""
+        return len(self.scales) > 1
+
+    @property
+    def scale(self) -> float:
+        """First scale, or 0.0 like the interpreter's ``quantization`` tuple."""
+        return self.scales[0] if self.scales else 0.0
+
+    @property
+    def zero_point(self) -> int:
+        """First zero point, or 0."""
+        return self.zero_points[0] if self.zero_points else 0
+
+
+@dataclass(frozen=True)
+class TensorTypeSummary:
+    """Tensor counts and constant-buffer bytes for one TensorType, over all subgraphs.
+
+    A constant buffer shared by several tensors is counted once, under the first
+    tensor that references it.
+    """
+
+    dtype: str
+    tensors: int
+    constant_tensors: int
+    parameters: int
+    parameter_bytes: int
+
+
+@dataclass(frozen=True)
+class SubgraphSummary:
+    """Size of one subgraph."""
+
+    index: int
+    name: str
+    tensor_count: int
+    operator_count: int
+
+
+@dataclass(frozen=True)
+class TfliteSummary:
+    """What :func:`inspect_tflite` learns about a model file.
+
+    Attributes:
+        path: the file as given (or the label of an in-memory buffer).
+        file_size: bytes in the file.
+        schema_version: ``Model.version`` (3 for every current converter).
+        description: ``Model.description``, e.g. ``"MLIR Converted."``.
+        subgraphs: one entry per subgraph; I/O below is subgraph 0's.
+        inputs: inputs of subgraph 0, in order.
+        outputs: outputs of subgraph 0, in order.
+        op_counts: operator name -> count over all subgraphs; builtin ops by enum name
+            (``"CONV_2D"``), custom ops by their custom code.
+        custom_ops: names of custom ops present, sorted.
+        tensor_types: per TensorType counts, sorted by parameter bytes, largest first.
+        parameter_count: elements held in constant buffers.
+        parameter_bytes: bytes held in constant buffers.
+        offset_buffer_count: buffers stored after the flatbuffer (Buffer.offset/size,
+            used by models over 2 GB).
+        metadata_names: ``Model.metadata`` entry names (e.g. ``min_runtime_version``).
+        min_runtime_version: value of that metadata entry, when present.
+        signature_keys: signature def keys (e.g. ``serving_default``).
+        weight_dtypes: sorted TensorType names of the constant weights feeding
+            CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED (and transpose/3-D conv);
+            a weight produced by DEQUANTIZE of a constant reports that constant's type.
+    """
+
+    path: str
+    file_size: int
+    schema_version: int
+    description: str
+    subgraphs: tuple[SubgraphSummary, ...]
+    inputs: tuple[TensorSummary, ...]
+    outputs: tuple[TensorSummary, ...]
+    op_counts: dict[str, int]
+    custom_ops: tuple[str, ...]
+    tensor_types: tuple[TensorTypeSummary, ...]
+    parameter_count: int
+    parameter_bytes: int
+    offset_buffer_count: int
+    metadata_names: tuple[str, ...]
+    min_runtime_version: str | None
+    signature_keys: tuple[str, ...]
+    weight_dtypes: tuple[str, ...]
+
+    @property
+    def subgraph_count(self) -> int:
+        """Number of subgraphs."""
+        return len(self.subgraphs)
+
+    @property
+    def operator_count(self) -> int:
+        """Operators over all subgraphs."""
+        return sum(self.op_counts.values())
+
+    @property
+    def has_metadata(self) -> bool:
+        """True when the model has any ``Model.metadata`` entry."""
+        return bool(self.metadata_names)
+
+    @property
+    def weights_int8(self) -> bool:
+        """True when there are conv/FC weights and all of them are INT8."""
+        return self.weight_dtypes == ("INT8",)
+
+
+# ------------------------------------------------------------------- public functions
+
+
+def inspect_tflite(path: str | os.PathLike) -> TfliteSummary:
+    """Summarize a ``.tflite`` file without loading TensorFlow or an interpreter.
+
+    Args:
+        path: the model file. It is treated as untrusted input.
+
+    Returns:
+        The file's :class:`TfliteSummary`.
+
+    Raises:
+        ModelFileError: the file cannot be read or is not a well-formed TFLite model;
+            the one-line message names the file, the problem and the fix.
+    """
+    label = os.fspath(path)
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size < _READ_LIMIT:
+                return inspect_tflite_bytes(fh.read(_READ_LIMIT), label=label)
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                return inspect_tflite_bytes(mm, label=label)
+    except FileNotFoundError:
+        raise ModelFileError(f"{label}: no such file; check the path") from None
+    except IsADirectoryError:
+        raise ModelFileError(f"{label}: is a directory, not a .tflite file; "
+                             f"pass the model file inside it") from None
+    except PermissionError:
+        raise ModelFileError(f"{label}: permission denied; make the file readable") from None
+    except OSError as exc:
+        raise ModelFileError(f"{label}: cannot read ({exc.strerror or exc}); "
+                             f"check the path and the disk") from None
+
+
+def inspect_tflite_bytes(data: bytes | bytearray | memoryview | mmap.mmap,
+                         label: str = "<bytes>") -> TfliteSummary:
+    """Summarize a TFLite model held in memory; see :func:`inspect_tflite`.
+
+    Args:
+        data: the model bytes (untrusted).
+        label: how error messages and the summary name the model.
+
+    Returns:
+        The model's :class:`TfliteSummary`.
+
+    Raises:
+        ModelFileError: the bytes are not a well-formed TFLite model.
+    """
+    size = len(data)
+    if size == 0:
+        raise ModelFileError(f"{label}: the file is empty; {_FIX_CORRUPT}")
+    if size < 8:
+        raise ModelFileError(f"{label}: only {size} bytes, too small for a TFLite "
+                             f"flatbuffer; {_FIX_CORRUPT}")
+    ident = bytes(data[4:8])
+    if ident != FILE_IDENTIFIER:
+        raise ModelFileError(_wrong_kind_message(label, bytes(data[:8]), ident))
+    try:
+        return _summarize(_Buffer(data), label)
+    except _Malformed as exc:
+        raise ModelFileError(f"{label}: {exc}; {_FIX_CORRUPT}") from None
+    except (struct.error, IndexError, OverflowError, ValueError) as exc:
+        # The bounds checks should make these unreachable; if a check was missed, a
+        # malformed file must still surface as ModelFileError, not a traceback.
+        raise ModelFileError(f"{label}: malformed flatbuffer ({type(exc).__name__}: {exc}); "
+                             f"{_FIX_CORRUPT}") from None
+
+
+def format_summary(summary: TfliteSummary) -> str:
+    """Render a summary as aligned, human-readable text (for ``edgecnn inspect``).
+
+    Args:
+        summary: what :func:`inspect_tflite` returned.
+
+    Returns:
+        Multi-line text without a trailing newline.
+    """
+    s = summary
+    lines = [
+        f"{s.path}",
+        f"  size {_human_bytes(s.file_size)} ({s.file_size:,} bytes), schema v{s.schema_version}, "
+        f"{s.subgraph_count} subgraph{'s' if s.subgraph_count != 1 else ''}, "
+        f"{s.operator_count} operators",
+    ]
+    if s.schema_version != 3:
+        lines.append("  warning: schema version is not 3; current runtimes refuse this file")
+    if s.description:
+        lines.append(f"  description: {_clip(s.description)}")
+    for title, tensors in (("inputs", s.inputs), ("outputs", s.outputs)):
+        lines.append(f"{title}:")
+        for t in tensors:
+            lines.append(f"  [{t.index}] {_clip(t.name, 60)}  {t.dtype}  {_fmt_shape(t.shape, t.shape_signature)}"
+                         f"  {_fmt_quant(t)}")
+    lines.append("operators:")
+    width = max((len(k) for k in s.op_counts), default=0)
+    for name, count in sorted(s.op_counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        tag = "  (custom)" if name in s.custom_ops else ""
+        lines.append(f"  {_clip(name, 60):<{width}}  {count:>5}{tag}")
+    lines.append("tensors by type:")
+    lines.append(f"  {'dtype':<10} {'tensors':>8} {'constant':>9} {'parameters':>12} {'bytes':>10}")
+    for tt in s.tensor_types:
+        lines.append(f"  {tt.dtype:<10} {tt.tensors:>8} {tt.constant_tensors:>9} "
+                     f"{tt.parameters:>12,} {_human_bytes(tt.parameter_bytes):>10}")
+    lines.append(f"parameters: {s.parameter_count:,} in {_human_bytes(s.parameter_bytes)}"
+                 + (f" ({s.offset_buffer_count} buffers stored after the flatbuffer)"
+                    if s.offset_buffer_count else ""))
+    weights = ", ".join(s.weight_dtypes) or "none (no constant conv/FC weights)"
+    lines.append(f"conv/FC weights: {weights}")
+    meta = ", ".join(_clip(n, 40) for n in s.metadata_names) or "none"
+    if s.min_runtime_version:
+        meta += f" (min_runtime_version {s.min_runtime_version})"
+    lines.append(f"metadata: {meta}")
+    if s.signature_keys:
+        lines.append(f"signatures: {', '.join(_clip(k, 40) for k in s.signature_keys)}")
+    if s.subgraph_count > 1:
+        for g in s.subgraphs:
+            lines.append(f"subgraph {g.index} {_clip(g.name, 40)!r}: {g.tensor_count} tensors, "
+                         f"{g.operator_count} operators")
+    return "\n".join(lines)
+
+
+def summary_to_dict(summary: TfliteSummary) -> dict:
+    """Return the summary as JSON-able data (for ``edgecnn inspect --json``).
+
+    Non-finite floats (possible in a hostile file) become ``None`` so the result is
+    strict JSON.
+
+    Args:
+        summary: what :func:`inspect_tflite` returned.
+
+    Returns:
+        A dict of str, int, float, bool, None, lists and dicts only.
+    """
+    out = _jsonable(dataclasses.asdict(summary))
+    out["subgraph_count"] = summary.subgraph_count
+    out["operator_count"] = summary.operator_count
+    out["has_metadata"] = summary.has_metadata
+    out["weights_int8"] = summary.weights_int8
+    for key, tensors in (("inputs", summary.inputs), ("outputs", summary.outputs)):
+        for d, t in zip(out[key], tensors):
+            d["per_axis"] = t.per_axis
+    return out
+
+
+# ------------------------------------------------------------------ flatbuffer reader
+
+
+class _Malformed(Exception):
+    """Internal: the flatbuffer breaks a structural rule; the message says which."""
+
+
+_U8, _I8, _U16, _I32, _U32, _U64 = (struct.Struct(f) for f in ("<B", "<b", "<H", "<i", "<I", "<Q"))
+
+
+class _Buffer:
+    """Bounds-checked little-endian reads from the file, with a work budget."""
+
+    __slots__ = ("data", "size", "work", "limit")
+
+    def __init__(self, data):
+        self.data = data
+        self.size = len(data)
+        self.work = 0
+        self.limit = _BUDGET_BASE + self.size // 2
+
+    def charge(self, units: int) -> None:
+        self.work += units
+        if self.work > self.limit:
+            raise _Malformed("the structure is far larger than the file could hold "
+                             "(offsets are shared or looping)")
+
+    def check(self, pos: int, length: int, what: str) -> None:
+        if pos < 0 or length < 0 or pos + length > self.size:
+            raise _Malformed(f"{what} at byte {pos} (+{length}) lies outside the file "
+                             f"({self.size} bytes)")
+
+    def read(self, st: struct.Struct, pos: int, what: str):
+        self.check(pos, st.size, what)
+        return st.unpack_from(self.data, pos)[0]
+
+    def root(self) -> "_Table":
+        return _Table(self, self.read(_U32, 0, "root offset"), "Model")
+
+
+class _Table:
+    """One flatbuffer table: its position and vtable, read and checked on creation."""
+
+    __slots__ = ("buf", "pos", "vt", "vt_size", "tbl_size", "what")
+
+    def __init__(self, buf: _Buffer, pos: int, what: str):
+        buf.charge(1)
+        self.buf, self.pos, self.what = buf, pos, what
+        vt = pos - buf.read(_I32, pos, what)
+        vt_size = buf.read(_U16, vt, f"{what} vtable")
+        tbl_size = buf.read(_U16, vt + 2, f"{what} vtable")
+        if vt_size < 4 or vt_size % 2:
+            raise _Malformed(f"{what} has an invalid vtable size {vt_size}")
+        if tbl_size < 4:
+            raise _Malformed(f"{what} has an invalid table size {tbl_size}")
+        buf.check(vt, vt_size, f"{what} vtable")
+        buf.check(pos, tbl_size, what)
+        self.vt, self.vt_size, self.tbl_size = vt, vt_size, tbl_size
+
+    def _field(self, fid: int, size: int) -> int:
+        """Absolute position of field ``fid`` (``size`` bytes), or 0 when absent."""
+        slot = 4 + 2 * fid
+        if slot + 2 > self.vt_size:
+            return 0
+        voff = self.buf.read(_U16, self.vt + slot, f"{self.what} vtable")
+        if voff == 0:
+            return 0
+        if voff < 4 or voff + size > self.tbl_size:
+            raise _Malformed(f"{self.what} field {fid} lies outside its table")
+        return self.pos + voff
+
+    def scalar(self, fid: int, st: struct.Struct, default):
+        pos = self._field(fid, st.size)
+        return st.unpack_from(self.buf.data, pos)[0] if pos else default
+
+    def _target(self, fid: int, what: str) -> int:
+        """Follow the uoffset in field ``fid``; 0 when absent."""
+        pos = self._field(fid, 4)
+        if not pos:
+            return 0
+        target = pos + _U32.unpack_from(self.buf.data, pos)[0]
+        self.buf.check(target, 4, what)
+        return target
+
+    def table(self, fid: int, what: str) -> "_Table | None":
+        target = self._target(fid, what)
+        return _Table(self.buf, target, what) if target else None
+
+    def vector(self, fid: int, elem_size: int, what: str) -> tuple[int, int]:
+        """(start, count) of a vector field; (0, 0) when absent."""
+        target = self._target(fid, what)
+        if not target:
+            return 0, 0
+        count = _U32.unpack_from(self.buf.data, target)[0]
+        # Checking the whole extent first stops absurd lengths before any allocation.
+        self.buf.check(target + 4, count * elem_size, f"{what} ({count} elements)")
+        return target + 4, count
+
+    def numbers(self, fid: int, code: str, what: str, max_len: int) -> tuple:
+        st = struct.Struct("<" + code)
+        start, count = self.vector(fid, st.size, what)
+        if count > max_len:
+            raise _Malformed(f"{what} has {count:,} elements (limit {max_len:,})")
+        self.buf.charge(count)
+        return struct.unpack_from(f"<{count}{code}", self.buf.data, start) if count else ()
+
+    def string(self, fid: int, what: str) -> str:
+        start, count = self.vector(fid, 1, what)
+        if count > _MAX_STRING:
+            raise _Malformed(f"{what} is {count:,} bytes long (limit {_MAX_STRING:,})")
+        self.buf.charge(count // 64)
+        return bytes(self.buf.data[start:start + count]).decode("utf-8", errors="replace")
+
+    def tables(self, fid: int, what: str) -> Iterator["_Table"]:
+        """Yield the tables of a vector-of-tables field, one at a time."""
+        start, count = self.vector(fid, 4, what)
+        self.buf.charge(count)
+        data = self.buf.data
+        for i in range(count):
+            pos = start + 4 * i
+            yield _Table(self.buf, pos + _U32.unpack_from(data, pos)[0], f"{what}[{i}]")
+
+    def table_at(self, fid: int, index: int, what: str) -> "_Table":
+        """Table ``index`` of a vector-of-tables field (the caller checked the index)."""
+        start, count = self.vector(fid, 4, what)
+        if not 0 <= index < count:
+            raise _Malformed(f"{what} has no element {index}")
+        pos = start + 4 * index
+        return _Table(self.buf, pos + _U32.unpack_from(self.buf.data, pos)[0], f"{what}[{index}]")
+
+    def element(self, fid: int, st: struct.Struct, index: int, what: str):
+        """Element ``index`` of a scalar vector, or None when the vector is shorter."""
+        start, count = self.vector(fid, st.size, what)
+        return st.unpack_from(self.buf.data, start + st.size * index)[0] if index < count else None
+
+
+# ---------------------------------------------------------------------- the summary
+
+
+@functools.lru_cache(maxsize=None)
+def _enum_names(enum: str) -> dict[int, str]:
+    """Value -> name of a schema enum, from ai_edge_litert if it is installed."""
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+    except ImportError:
+        # Optional: without it ops are named by number and types by the fallback table.
+        return {}
+    cls = getattr(schema, enum, None)
+    return {v: k for k, v in vars(cls).items() if not k.startswith("_") and isinstance(v, int)} if cls else {}
+
+
+def _op_name(code: int) -> str:
+    return _enum_names("BuiltinOperator").get(code) or f"BUILTIN_{code}"
+
+
+def _type_name(code: int) -> str:
+    name = _enum_names("TensorType").get(code)
+    if name is None and 0 <= code < len(_TENSOR_TYPES_FALLBACK):
+        name = _TENSOR_TYPES_FALLBACK[code]
+    return name or f"TYPE_{code}"
+
+
+@dataclass
+class _TypeAcc:
+    tensors: int = 0
+    constant_tensors: int = 0
+    parameters: int = 0
+    parameter_bytes: int = 0
+
+
+def _summarize(buf: _Buffer, label: str) -> TfliteSummary:
+    model = buf.root()
+    version = model.scalar(0, _U32, 0)
+
+    # Operator codes: the real code is the larger of the int8 legacy field (capped at
+    # 127) and the int32 field added when codes outgrew int8.
+    opcodes: list[tuple[int, str]] = []
+    for oc in model.tables(1, "operator_codes"):
+        code = max(oc.scalar(0, _I8, 0), oc.scalar(3, _I32, 0))
+        custom = oc.string(1, f"{oc.what}.custom_code") if code == _CUSTOM else ""
+        opcodes.append((code, custom or ("CUSTOM" if code == _CUSTOM else "")))
+
+    # Buffer sizes, so tensors can tell constants (non-empty buffer) from activations.
+    buffer_bytes: list[int] = []
+    offset_buffers = 0
+    for b in model.tables(4, "buffers"):
+        _, nbytes = b.vector(0, 1, f"{b.what}.data")
+        if not nbytes:
+            offset, size = b.scalar(1, _U64, 0), b.scalar(2, _U64, 0)
+            # offset 0 means unset and 1 is the converter's placeholder; data lives at
+            # file[offset:offset+size] only beyond that (TFLite's IsValidBufferOffset).
+            if offset > 1 and size:
+                buf.check(offset, size, f"{b.what} external data")
+                nbytes = size
+                offset_buffers += 1
+        buffer_bytes.append(nbytes)
+
+    op_counts: dict[str, int] = {}
+    custom_ops: set[str] = set()
+    types: dict[str, _TypeAcc] = {}
+    counted_buffers: set[int] = set()
+    weight_types: set[str] = set()
+    subgraphs: list[SubgraphSummary] = []
+    inputs: tuple[TensorSummary, ...] = ()
+    outputs: tuple[TensorSummary, ...] = ()
+
+    for gi, g in enumerate(model.tables(2, "subgraphs")):
+        tensor_tables: list[int] = []
+        tensor_type: list[str] = []
+        tensor_const: list[bool] = []
+        for t in g.tables(0, f"subgraphs[{gi}].tensors"):
+            dtype = _type_name(t.scalar(1, _I8, 0))
+            bidx = t.scalar(2, _U32, 0)
+            if bidx >= len(buffer_bytes) and bidx != 0:
+                raise _Malformed(f"{t.what} uses buffer {bidx} but the model has "
+                                 f"{len(buffer_bytes)} buffers")
+            # Buffer 0 is the schema's always-empty sentinel.
+            is_const = bidx != 0 and buffer_bytes[bidx] > 0
+            acc = types.setdefault(dtype, _TypeAcc())
+            acc.tensors += 1
+            if is_const:
+                acc.constant_tensors += 1
+                if bidx not in counted_buffers:
+                    counted_buffers.add(bidx)
+                    nbytes = buffer_bytes[bidx]
+                    acc.parameter_bytes += nbytes
+                    acc.parameters += _element_count(t, dtype, nbytes)
+            tensor_tables.append(t.pos)
+            tensor_type.append(dtype)
+            tensor_const.append(is_const)
+
+        ntensors = len(tensor_tables)
+        dequantized: dict[int, int] = {}  # DEQUANTIZE output tensor -> its input tensor
+        weight_inputs: list[int] = []
+        nops = 0
+        for op in g.tables(3, f"subgraphs[{gi}].operators"):
+            nops += 1
+            oi = op.scalar(0, _U32, 0)
+            if oi >= len(opcodes):
+                raise _Malformed(f"{op.what} uses operator code {oi} but the model has "
+                                 f"{len(opcodes)}")
+            code, custom = opcodes[oi]
+            name = custom or _op_name(code)
+            if custom:
+                custom_ops.add(custom)
+            op_counts[name] = op_counts.get(name, 0) + 1
+            if code in _WEIGHT_OP_CODES:
+                w = op.element(1, _I32, 1, f"{op.what}.inputs")
+                if w is not None and w >= 0:
+                    weight_inputs.append(_check_index(w, ntensors, f"{op.what} input"))
+            elif code == _DEQUANTIZE:
+                src = op.element(1, _I32, 0, f"{op.what}.inputs")
+                dst = op.element(2, _I32, 0, f"{op.what}.outputs")
+                if src is not None and dst is not None and src >= 0 and dst >= 0:
+                    dequantized[_check_index(dst, ntensors, f"{op.what} output")] = \
+                        _check_index(src, ntensors, f"{op.what} input")
+        for w in weight_inputs:
+            if tensor_const[w]:
+                weight_types.add(tensor_type[w])
+            elif w in dequantized and tensor_const[dequantized[w]]:
+                weight_types.add(tensor_type[dequantized[w]])
+
+        subgraphs.append(SubgraphSummary(gi, g.string(4, f"subgraphs[{gi}].name"), ntensors, nops))
+        if gi == 0:
+            inputs = _io_tensors(buf, g, 1, tensor_tables, tensor_type, "inputs")
+            outputs = _io_tensors(buf, g, 2, tensor_tables, tensor_type, "outputs")
+
+    if not subgraphs:
+        raise _Malformed("the model has no subgraphs")
+
+    metadata_names: list[str] = []
+    min_runtime = None
+    for m in model.tables(6, "metadata"):
+        mname = m.string(0, f"{m.what}.name")
+        metadata_names.append(mname)
+        if mname == "min_runtime_version":
+            min_runtime = _small_buffer_text(model, m.scalar(1, _U32, 0), len(buffer_bytes))
+
+    signature_keys = tuple(s.string(2, f"{s.what}.signature_key")
+                           for s in model.tables(7, "signature_defs"))
+
+    tensor_types = tuple(sorted(
+        (TensorTypeSummary(k, a.tensors, a.constant_tensors, a.parameters, a.parameter_bytes)
+         for k, a in types.items()),
+        key=lambda tt: (-tt.parameter_bytes, -tt.tensors, tt.dtype)))
+    return TfliteSummary(
+        path=label,
+        file_size=buf.size,
+        schema_version=version,
+        description=model.string(3, "description"),
+        subgraphs=tuple(subgraphs),
+        inputs=inputs,
+        outputs=outputs,
+        op_counts=op_counts,
+        custom_ops=tuple(sorted(custom_ops)),
+        tensor_types=tensor_types,
+        parameter_count=sum(tt.parameters for tt in tensor_types),
+        parameter_bytes=sum(tt.parameter_bytes for tt in tensor_types),
+        offset_buffer_count=offset_buffers,
+        metadata_names=tuple(metadata_names),
+        min_runtime_version=min_runtime,
+        signature_keys=signature_keys,
+        weight_dtypes=tuple(sorted(weight_types)),
+    )
+
+
+def _check_index(index: int, count: int, what: str) -> int:
+    if not 0 <= index < count:
+        raise _Malformed(f"{what} refers to tensor {index} but the subgraph has {count} tensors")
+    return index
+
+
+def _element_count(t: _Table, dtype: str, nbytes: int) -> int:
+    """Elements in a constant tensor: its shape's product, else bytes / item size."""
+    shape = t.numbers(0, "i", f"{t.what}.shape", _MAX_RANK)
+    if all(d >= 0 for d in shape):
+        return math.prod(shape)
+    return nbytes // _ITEMSIZE.get(dtype, 1)
+
+
+def _io_tensors(buf: _Buffer, g: _Table, fid: int, tensor_tables: list[int],
+                tensor_type: list[str], which: str) -> tuple[TensorSummary, ...]:
+    out = []
+    for i in g.numbers(fid, "i", f"subgraphs[0].{which}", len(tensor_tables)):
+        i = _check_index(i, len(tensor_tables), f"subgraphs[0].{which}")
+        t = _Table(buf, tensor_tables[i], f"tensors[{i}]")
+        shape = t.numbers(0, "i", f"{t.what}.shape", _MAX_RANK)
+        signature = t.numbers(7, "i", f"{t.what}.shape_signature", _MAX_RANK) or shape
+        scales: tuple = ()
+        zero_points: tuple = ()
+        qdim = 0
+        q = t.table(4, f"{t.what}.quantization")
+        if q is not None:
+            scales = q.numbers(2, "f", f"{q.what}.scale", _MAX_QUANT_PARAMS)
+            zero_points = q.numbers(3, "q", f"{q.what}.zero_point", _MAX_QUANT_PARAMS)
+            qdim = q.scalar(6, _I32, 0)
+        out.append(TensorSummary(
+            index=i, name=t.string(3, f"{t.what}.name"), shape=tuple(shape),
+            shape_signature=tuple(signature), dtype=tensor_type[i], scales=tuple(scales),
+            zero_points=tuple(zero_points), quantized_dimension=qdim))
+    return tuple(out)
+
+
+def _small_buffer_text(model: _Table, index: int, nbuffers: int) -> str | None:
+    """Text of a short metadata buffer such as ``min_runtime_version``."""
+    if not 0 < index < nbuffers:
+        raise _Malformed(f"metadata refers to buffer {index} but the model has {nbuffers}")
+    b = model.table_at(4, index, "buffers")
+    start, count = b.vector(0, 1, f"{b.what}.data")
+    raw = bytes(b.buf.data[start:start + min(count, 64)])
+    return raw.split(b"\0", 1)[0].decode("ascii", errors="replace") or None
+
+
+# ------------------------------------------------------------------------ formatting
+
+
+def _wrong_kind_message(label: str, head: bytes, ident: bytes) -> str:
+    for magic, kind, fix in _KNOWN_MAGIC:
+        if head.startswith(magic):
+            return f"{label}: not a TFLite flatbuffer, it looks like {kind}; {fix}"
+    return (f"{label}: not a TFLite flatbuffer (file identifier is {ident!r}, expected "
+            f"{FILE_IDENTIFIER!r}); {_FIX_NOT_TFLITE}")
+
+
+def _human_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def _clip(text: str, width: int = 100) -> str:
+    # Names come from an untrusted file: keep one line and a sane width.
+    text = text.replace("\n", "\\n").replace("\r", "\\r")
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def _fmt_shape(shape: tuple[int, ...], signature: tuple[int, ...]) -> str:
+    text = "[" + ", ".join(map(str, shape)) + "]"
+    if signature != shape:
+        text += " (signature [" + ", ".join(map(str, signature)) + "])"
+    return text
+
+
+def _fmt_quant(t: TensorSummary) -> str:
+    if not t.scales:
+        return "not quantized"
+    if t.per_axis:
+        return (f"per-axis quantized on dim {t.quantized_dimension} "
+                f"({len(t.scales)} scales)")
+    return f"scale={t.scale:.6g} zero_point={t.zero_point}"
+
+
+def _jsonable(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value

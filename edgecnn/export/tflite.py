@@ -1,0 +1,67 @@
+"""Keras -> TFLite conversion: float flavours and full-integer post-training int8."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgecnn._tf import keras, tensorflow
+from edgecnn.export.formats import ExportFormat
+from edgecnn.fileio import write_bytes_atomic
+
+
+def inference_model(student):
+    """The deployable classifier: ``student`` (logits) followed by a softmax named ``scores``.
+
+    Deployed classifiers expose probabilities (what the TFLite Task Library and MediaPipe
+    expect); training works on logits. The softmax adds no weights.
+    """
+    K = keras()
+    scores = K.layers.Softmax(name="scores")(student.output)
+    return K.Model(student.input, scores, name=f"{student.name}_classifier")
+
+
+def _converter(model):
+    tf = tensorflow()
+    return tf.lite.TFLiteConverter.from_keras_model(model)
+
+
+def convert_float(model, fmt: ExportFormat, path: str | Path) -> Path:
+    """Write a float32 or float16-weight TFLite file atomically."""
+    tf = tensorflow()
+    converter = _converter(model)
+    if fmt.name == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    return write_bytes_atomic(path, converter.convert())
+
+
+def convert_int8(model, representative: np.ndarray, io_dtype: str, path: str | Path) -> Path:
+    """Write a full-integer int8 TFLite file (weights and activations int8) atomically.
+
+    Args:
+        model: float tf_keras model.
+        representative: float32 model-ready inputs (already normalized) for calibration;
+            the converter observes activation ranges on them to choose scales.
+        io_dtype: ``int8``, ``uint8`` or ``float32`` input/output tensors.
+        path: output file.
+
+    Raises:
+        ValueError: when the model has an op with no int8 kernel (the converter refuses
+            rather than silently keeping float ops, since ``TFLITE_BUILTINS_INT8`` only).
+    """
+    tf = tensorflow()
+    converter = _converter(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+
+    def calibration_batches():
+        for i in range(len(representative)):
+            yield [representative[i : i + 1].astype(np.float32)]
+
+    converter.representative_dataset = calibration_batches
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    if io_dtype != "float32":
+        converter.inference_input_type = getattr(tf, io_dtype)
+        converter.inference_output_type = getattr(tf, io_dtype)
+    return write_bytes_atomic(path, converter.convert())

@@ -1,0 +1,389 @@
+"""The typed recipe: pydantic models, loading with ``extends:``, ``--set`` overrides, schema.
+
+Override order, lowest first: field defaults < ``extends:`` chain < recipe file < ``--set``.
+Every default lives on a field below, with the one-line description that also feeds
+``edgecnn schema``. This module never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edgecnn.errors import RecipeError
+
+
+class _Section(BaseModel):
+    """Base of every recipe section: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_name(kind: str, name: str) -> None:
+    """Registry check as a ValueError, so pydantic reports it with the key path."""
+    from edgecnn.models.registry import check_student_name, check_teacher_name
+
+    try:
+        (check_student_name if kind == "student" else check_teacher_name)(name)
+    except RecipeError as exc:
+        raise ValueError(str(exc).split("; ", 1)[-1].join(["unknown architecture; ", ""])) from None
+
+
+# --------------------------------------------------------------------------- data
+
+
+class Normalization(_Section):
+    """``x_model = (pixel - mean) / std`` per channel, pixels in [0, 255]."""
+
+    mean: list[float] = Field([127.5], description="Per-channel mean subtracted from 0..255 pixels (one value = all channels).")
+    std: list[float] = Field([127.5], description="Per-channel divisor applied after the mean (one value = all channels).")
+
+    @field_validator("std")
+    @classmethod
+    def _std_positive(cls, v: list[float]) -> list[float]:
+        if not v or any(s <= 0 for s in v):
+            raise ValueError("every std value must be > 0")
+        return v
+
+    @field_validator("mean")
+    @classmethod
+    def _mean_present(cls, v: list[float]) -> list[float]:
+        if not v:
+            raise ValueError("give at least one mean value")
+        return v
+
+
+class Augment(_Section):
+    """Light training-time augmentation (never applied to validation, test or calibration data)."""
+
+    horizontal_flip: bool = Field(True, description="Randomly mirror training images left-right.")
+    translate: float = Field(0.1, ge=0.0, le=0.5, description="Random shift as a fraction of the image side (0 = off).")
+
+
+class DataConfig(_Section):
+    """Where images come from and how they become model inputs."""
+
+    source: Literal["fashion_mnist", "image_folder"] = Field("fashion_mnist", description="Dataset kind: the Fashion-MNIST IDX files, or one sub-folder per class of jpg/png images.")
+    path: Optional[Path] = Field(None, description="fashion_mnist: folder with the IDX .gz files (searched first). image_folder: the root folder (required).")
+    image_size: int = Field(32, ge=32, le=512, description="Model input height and width in pixels (MobileNet needs >= 32).")
+    channels: Literal[1, 3] = Field(3, description="Model input channels; grayscale is repeated to RGB when 3.")
+    normalization: Normalization = Field(default_factory=Normalization, description="Input normalization, recorded with every model.")
+    augment: Augment = Field(default_factory=Augment, description="Training-time augmentation.")
+    train_limit: Optional[int] = Field(None, ge=10, description="Use a class-stratified subset of this many training images (None = all).")
+    test_limit: Optional[int] = Field(None, ge=10, description="Use a class-stratified subset of this many test images (None = all).")
+    validation_fraction: float = Field(0.1, ge=0.0, lt=0.5, description="Fraction of the training images held out for validation.")
+    test_fraction: float = Field(0.2, gt=0.0, lt=0.5, description="image_folder without a test/ folder: fraction of images held out for test.")
+    representative_samples: int = Field(256, ge=1, le=10000, description="Training images (un-augmented) used to calibrate int8 quantization.")
+
+    @model_validator(mode="after")
+    def _folder_needs_path(self) -> "DataConfig":
+        if self.source == "image_folder" and self.path is None:
+            raise ValueError("data.source 'image_folder' needs data.path: the folder with one sub-folder per class")
+        for name in ("mean", "std"):
+            values = getattr(self.normalization, name)
+            if len(values) not in (1, self.channels):
+                raise ValueError(f"normalization.{name} has {len(values)} values; give 1 or {self.channels} (data.channels)")
+        return self
+
+
+# --------------------------------------------------------------------------- training
+
+
+class TrainConfig(_Section):
+    """How one model is trained."""
+
+    epochs: int = Field(10, ge=1, le=1000, description="Passes over the training split.")
+    batch_size: int = Field(128, ge=1, le=8192, description="Images per optimizer step.")
+    learning_rate: float = Field(1e-3, gt=0.0, le=10.0, description="Peak learning rate.")
+    optimizer: Literal["adam", "sgd"] = Field("adam", description="Optimizer (sgd uses Nesterov momentum 0.9).")
+    schedule: Literal["constant", "cosine"] = Field("cosine", description="Learning-rate schedule over all steps.")
+    weight_decay: float = Field(0.0, ge=0.0, le=0.1, description="Decoupled weight decay (AdamW / SGDW); 0 = off.")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="Label smoothing for the hard-label loss.")
+
+
+class TeacherConfig(_Section):
+    """The large model whose soft targets train the student."""
+
+    path: Optional[Path] = Field(None, description="Load this saved Keras model (.keras/.h5/SavedModel dir) instead of training one.")
+    architecture: str = Field("vgg_small", description="A registered teacher (see `edgecnn list`) or any keras.applications name such as ResNet50.")
+    weights: Optional[str] = Field(None, description="keras.applications backbones: None (random), 'imagenet' (downloaded when online), or a local weights file.")
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=10), description="Teacher training (skipped when `path` is given).")
+
+    @field_validator("architecture")
+    @classmethod
+    def _known_architecture(cls, v: str, info) -> str:
+        if info.data.get("path") is None:  # a loaded teacher file brings its own architecture
+            _check_name("teacher", v)
+        return v
+
+
+class StudentConfig(_Section):
+    """The small model that ships to the device."""
+
+    architecture: str = Field("mobilenet_v2", description="A registered student (see `edgecnn list`).")
+    alpha: float = Field(0.35, gt=0.0, le=2.0, description="Width multiplier (MobileNet alpha).")
+    dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout before the classifier.")
+    weights: Optional[str] = Field(None, description="None (random), 'imagenet' (downloaded when online), or a local backbone weights file.")
+
+    @field_validator("architecture")
+    @classmethod
+    def _known_architecture(cls, v: str) -> str:
+        _check_name("student", v)
+        return v
+
+
+class DistillConfig(_Section):
+    """Soft-target knowledge distillation (Hinton et al., 2015, arXiv:1503.02531)."""
+
+    enabled: bool = Field(True, description="Train the student on the teacher's soft targets; False = hard labels only.")
+    temperature: float = Field(4.0, gt=0.0, le=100.0, description="Softmax temperature T for soft targets; the soft loss is scaled by T^2.")
+    alpha: float = Field(0.7, ge=0.0, le=1.0, description="Weight of the soft (KL) loss; 1 - alpha weights the hard-label loss.")
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=10), description="Student training.")
+
+
+# --------------------------------------------------------------------------- quantize / export / evaluate
+
+
+class QuantizeConfig(_Section):
+    """Full-integer post-training quantization of the student."""
+
+    int8: bool = Field(True, description="Produce a full-integer int8 model (post-training quantization).")
+    io_dtype: Literal["int8", "uint8", "float32"] = Field("int8", description="Input/output tensor type of the int8 model.")
+    calibration_samples: Optional[int] = Field(None, ge=1, le=10000, description="Calibration images (None = data.representative_samples).")
+
+
+class ExportConfig(_Section):
+    """Float TFLite export; see edgecnn.export.formats for the table of formats."""
+
+    formats: list[Literal["float32", "float16"]] = Field(["float32"], description="Float TFLite flavours to write besides the int8 model.")
+
+
+class EvaluateConfig(_Section):
+    """Test-split evaluation of every produced model."""
+
+    batch_size: int = Field(256, ge=1, le=8192, description="Images per batch for Keras evaluation.")
+    threads: int = Field(2, ge=1, le=64, description="Interpreter threads for evaluating .tflite files.")
+
+
+def _reserved(section: str, issue_hint: str) -> Any:
+    return Field(None, description=f"Reserved for {issue_hint}; must be absent or null in this release.")
+
+
+class Recipe(_Section):
+    """A whole edgecnn build."""
+
+    name: str = Field(..., min_length=1, max_length=80, pattern=r"^[A-Za-z0-9_.-]+$", description="Build name; the default run directory is runs/<name>.")
+    seed: int = Field(0, ge=0, description="Seed for splits, initialization and augmentation.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Dataset and preprocessing.")
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="Teacher model.")
+    student: StudentConfig = Field(default_factory=StudentConfig, description="Student model.")
+    distill: DistillConfig = Field(default_factory=DistillConfig, description="Knowledge distillation.")
+    quantize: QuantizeConfig = Field(default_factory=QuantizeConfig, description="Post-training int8 quantization.")
+    export: ExportConfig = Field(default_factory=ExportConfig, description="Float TFLite export.")
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Evaluation of every model on the test split.")
+    prune: Optional[dict] = _reserved("prune", "magnitude pruning")
+    qat: Optional[dict] = _reserved("qat", "quantization-aware training")
+    bench: Optional[list] = _reserved("bench", "on-device benchmark targets")
+
+    @model_validator(mode="after")
+    def _paths_exist(self) -> "Recipe":
+        # Checked at load time so a typo fails in `validate`, not after an hour of training.
+        checks = [("data.path", self.data.path), ("teacher.path", self.teacher.path)]
+        for key, weights in (("teacher.weights", self.teacher.weights), ("student.weights", self.student.weights)):
+            if weights not in (None, "imagenet"):
+                checks.append((key, Path(weights)))
+        for key, path in checks:
+            if path is not None and not Path(path).expanduser().exists():
+                raise ValueError(f"{key} '{path}' does not exist (relative paths start at the current directory); fix the path")
+        if self.data.channels != 3 and "imagenet" in (self.teacher.weights, self.student.weights):
+            raise ValueError("ImageNet weights need RGB input; set data.channels: 3")
+        return self
+
+    @field_validator("prune", "qat", "bench")
+    @classmethod
+    def _not_yet(cls, v: Any, info) -> Any:
+        if v is not None:
+            raise ValueError(f"section '{info.field_name}' is reserved for a later release; remove it or set it to null")
+        return v
+
+    def section_hash(self, *sections: str) -> str:
+        """sha256 of the named sections' resolved values (the cache key material)."""
+        payload = {s: _jsonable(getattr(self, s)) for s in sections}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    def to_dict(self) -> dict:
+        """The fully resolved recipe as plain JSON-able data."""
+        return _jsonable(self)
+
+    @property
+    def recipe_hash(self) -> str:
+        """sha256 of the whole resolved recipe."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return json.loads(value.model_dump_json())
+    return json.loads(json.dumps(value, default=str))
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Load, merge and validate a recipe file.
+
+    Args:
+        path: the recipe YAML file.
+        overrides: ``a.b=c`` strings; values are parsed as YAML scalars/lists (never eval'd).
+
+    Returns:
+        The validated, immutable :class:`Recipe`.
+
+    Raises:
+        RecipeError: one line naming the file, the key path and the fix.
+    """
+    path = Path(path)
+    raw = _load_with_extends(path, chain=())
+    for item in overrides:
+        _apply_override(raw, item)
+    return validate_recipe(raw, source=str(path))
+
+
+def validate_recipe(raw: dict, source: str = "<recipe>") -> Recipe:
+    """Validate already-merged recipe data; see :func:`load_recipe`."""
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise RecipeError(_explain(exc, source)) from None
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found; check the path (recipes ship in recipes/, e.g. recipes/quickstart.yaml)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RecipeError(f"{path}: malformed YAML{where}: {problem}; fix the indentation/quoting there") from None
+    except UnicodeDecodeError:
+        raise RecipeError(f"{path}: not a text file; a recipe is UTF-8 YAML") from None
+    if data is None:
+        raise RecipeError(f"{path}: the recipe is empty; start from recipes/quickstart.yaml")
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: the top level must be a mapping of sections (name:, data:, ...), got {type(data).__name__}")
+    return data
+
+
+def _load_with_extends(path: Path, chain: tuple[Path, ...]) -> dict:
+    resolved = path.resolve()
+    if resolved in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, resolved))
+        raise RecipeError(f"{path}: 'extends' forms a cycle ({cycle}); remove one of the links")
+    data = _read_yaml(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise RecipeError(f"{path}: 'extends' must be a path to another recipe file, got {type(parent).__name__}")
+    parent_path = Path(parent) if Path(parent).is_absolute() else path.parent / parent
+    if not parent_path.is_file():
+        raise RecipeError(f"{path}: extends '{parent}', which does not exist (looked at {parent_path}); paths are relative to the recipe file")
+    base = _load_with_extends(parent_path, (*chain, resolved))
+    return deep_merge(base, data)
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Return ``base`` updated by ``override``: mappings merge key by key, anything else is replaced."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _apply_override(raw: dict, item: str) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise RecipeError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. --set distill.temperature=2")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        raise RecipeError(f"--set {item!r}: the value is not valid YAML; quote it") from None
+    parts = key.strip().split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise RecipeError(f"--set {item!r}: '{'.'.join(parts[:i + 1])}' is not a section, cannot set a key inside it")
+        node = child
+    node[parts[-1]] = value
+
+
+# --------------------------------------------------------------------------- error messages
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """Field names of the model reached by following ``loc`` from :class:`Recipe`."""
+    model: Any = Recipe
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            break
+        annotation = field.annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return []
+    return list(getattr(model, "model_fields", {}))
+
+
+def _explain(exc: ValidationError, source: str) -> str:
+    """One line per problem (usually one), each naming the key path and the fix."""
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            known = _fields_at(loc[:-1])
+            hint = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.5)
+            fix = f"did you mean '{'.'.join([*map(str, loc[:-1]), hint[0]])}'?" if hint else f"allowed here: {', '.join(known)}"
+            lines.append(f"{source}: unknown key '{key}'; {fix}")
+        elif kind == "missing":
+            lines.append(f"{source}: missing required key '{key}'; add it")
+        elif not loc or kind == "value_error" and isinstance(err.get("input"), dict):
+            # model-level checks already name their keys in the message
+            lines.append(f"{source}: {err['msg'].removeprefix('Value error, ')}")
+        else:
+            got = err.get("input")
+            shown = json.dumps(got, default=str) if not isinstance(got, dict) else "a mapping"
+            message = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{source}: '{key}': {message} (got {shown})")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- schema
+
+
+def recipe_schema() -> dict:
+    """JSON Schema of the recipe (for editor completion), with ``extends`` allowed."""
+    schema = Recipe.model_json_schema()
+    schema["properties"]["extends"] = {"type": "string", "description": "Path of a recipe this one overrides (relative to this file)."}
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "edgecnn recipe"
+    return schema

@@ -1,0 +1,136 @@
+"""Build reports: ``report.json`` for machines, ``report.md`` for people, ``manifest.json`` for audit."""
+
+from __future__ import annotations
+
+import platform
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edgecnn.fileio import sha256_file, write_json_atomic, write_text_atomic
+
+if TYPE_CHECKING:
+    from edgecnn.pipeline import BuildContext
+    from edgecnn.recipe import Recipe
+
+REPORT_FILE = "report.json"
+REPORT_MD_FILE = "report.md"
+MANIFEST_FILE = "manifest.json"
+
+# Versions that decide what a build produces; read from package metadata (no imports).
+_PACKAGES = ("edgecnn", "tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert", "numpy",
+             "pydantic", "click", "pyyaml")
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages that shape a build (None when absent)."""
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def collect_models(ctx: "BuildContext") -> list[dict]:
+    """One row per produced model: path, precision, size, accuracy (as evaluated)."""
+    rows = []
+    for name in ("teacher", "student"):
+        if name in ctx.artifacts:
+            path = ctx.artifacts[name]
+            rows.append({"name": name, "kind": "keras", "path": path.name, "precision": "float32",
+                         "size_bytes": _size(path), "accuracy": ctx.metrics.get(name, {}).get("accuracy"),
+                         "params": ctx.metrics.get(name, {}).get("params"), "evaluated_with": "tf_keras"})
+    evaluation = ctx.metrics.get("evaluate", {})
+    for name, path in ctx.artifacts_for(("tflite",)).items():
+        result = evaluation.get("models", {}).get(name, {})
+        rows.append({"name": name, "kind": "tflite", "path": path.name, "precision": name.removeprefix("tflite_"),
+                     "size_bytes": _size(path), "accuracy": result.get("accuracy"),
+                     "input_dtype": result.get("input_dtype"), "output_dtype": result.get("output_dtype"),
+                     "evaluated_with": f"{evaluation.get('runtime')} {evaluation.get('runtime_version')}"})
+    return rows
+
+
+def summarize(models: list[dict]) -> dict:
+    """Headline comparisons: int8 accuracy drop and size ratio against the float student."""
+    by_name = {m["name"]: m for m in models}
+    int8, f32, keras_student = by_name.get("tflite_int8"), by_name.get("tflite_float32"), by_name.get("student")
+    out: dict = {}
+    if int8 and int8.get("accuracy") is not None:
+        reference = f32 if f32 and f32.get("accuracy") is not None else keras_student
+        if reference and reference.get("accuracy") is not None:
+            out["int8_accuracy_drop_points"] = round((reference["accuracy"] - int8["accuracy"]) * 100, 3)
+            out["int8_drop_reference"] = reference["name"]
+        if f32:
+            out["int8_size_ratio"] = round(int8["size_bytes"] / f32["size_bytes"], 4)
+    return out
+
+
+def write_reports(recipe: "Recipe", ctx: "BuildContext", hashes: dict[str, str], timings: list[dict]) -> dict[str, Path]:
+    """Write report.json, report.md and manifest.json atomically; return their paths and the report."""
+    out = ctx.out_dir
+    models = collect_models(ctx)
+    report = {
+        "recipe": recipe.name,
+        "recipe_hash": recipe.recipe_hash,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "dataset": ctx.metrics.get("data", {}),
+        "models": models,
+        "summary": summarize(models),
+        "stages": timings,
+        "total_wall_s": round(sum(t["wall_s"] for t in timings), 3),
+    }
+    report_path = write_json_atomic(out / REPORT_FILE, report)
+    md_path = write_text_atomic(out / REPORT_MD_FILE, render_markdown(report))
+    artifacts = {name: {"path": str(path.relative_to(out)), "sha256": hashes[name], "size_bytes": _size(path)}
+                 for name, path in sorted(ctx.artifacts.items())}
+    artifacts["report"] = {"path": REPORT_FILE, "sha256": sha256_file(report_path), "size_bytes": _size(report_path)}
+    artifacts["report_md"] = {"path": REPORT_MD_FILE, "sha256": sha256_file(md_path), "size_bytes": _size(md_path)}
+    manifest = {
+        "recipe": recipe.to_dict(),
+        "recipe_hash": recipe.recipe_hash,
+        "versions": package_versions(),
+        "platform": {"machine": platform.machine(), "system": platform.system()},
+        "artifacts": artifacts,
+    }
+    manifest_path = write_json_atomic(out / MANIFEST_FILE, manifest)
+    return {"report": report_path, "report_md": md_path, "manifest": manifest_path, "data": report}
+
+
+def _pct(value) -> str:
+    return f"{value * 100:.2f} %" if value is not None else "-"
+
+
+def _size_text(n: int) -> str:
+    return f"{n / 1024:.1f} KiB" if n < 1024 * 1024 else f"{n / 1024 / 1024:.2f} MiB"
+
+
+def render_markdown(report: dict) -> str:
+    """A person's view of ``report``."""
+    lines = [f"# edgecnn build: {report['recipe']}", "",
+             f"Recipe hash `{report['recipe_hash'][:12]}`, built {report['created_at']}, "
+             f"total {report['total_wall_s']:.1f} s.", "", "## Models", "",
+             "| model | file | precision | I/O | size | test accuracy | evaluated with |",
+             "|---|---|---|---|---|---|---|"]
+    for m in report["models"]:
+        io = f"{m.get('input_dtype')}/{m.get('output_dtype')}" if m.get("input_dtype") else "float32"
+        lines.append(f"| {m['name']} | `{m['path']}` | {m['precision']} | {io} | {_size_text(m['size_bytes'])} | "
+                     f"{_pct(m['accuracy'])} | {m['evaluated_with']} |")
+    summary = report.get("summary", {})
+    if summary:
+        lines += ["", "## Quantization", ""]
+        if "int8_accuracy_drop_points" in summary:
+            lines.append(f"- int8 accuracy drop against {summary['int8_drop_reference']}: "
+                         f"**{summary['int8_accuracy_drop_points']:.2f} points**")
+        if "int8_size_ratio" in summary:
+            lines.append(f"- int8 file size: **{summary['int8_size_ratio']:.2f}x** the float32 file")
+    lines += ["", "## Stages", "", "| stage | wall time | cached |", "|---|---|---|"]
+    for t in report["stages"]:
+        lines.append(f"| {t['stage']} | {t['wall_s']:.1f} s | {'yes' if t['cached'] else 'no'} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,223 @@
+"""The build stages, each a function ``(recipe, ctx) -> StageResult``.
+
+A stage reads upstream artifacts from ``ctx.artifacts``, writes its own files atomically
+into the run directory and returns their paths with its metrics. Ordering, caching and
+timing belong to :mod:`edgecnn.pipeline`, not here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edgecnn.errors import ModelFileError
+from edgecnn.fileio import atomic_path, write_json_atomic
+
+if TYPE_CHECKING:
+    from edgecnn.pipeline import BuildContext
+    from edgecnn.recipe import Recipe
+
+DATASET_FILE = "dataset.json"
+TEACHER_FILE = "teacher.keras"
+STUDENT_FILE = "student.keras"
+EVALUATION_FILE = "evaluation.json"
+
+
+@dataclass
+class StageResult:
+    """What a stage produced: files (artifact name -> path in the run dir) and metrics."""
+
+    artifacts: dict[str, Path] = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _input_shape(recipe: "Recipe") -> tuple[int, int, int]:
+    return (recipe.data.image_size, recipe.data.image_size, recipe.data.channels)
+
+
+def _save_keras(model, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        model.save(tmp)
+    return path
+
+
+def _eval_dataset(ctx: "BuildContext", x, y):
+    from edgecnn.data import make_tf_dataset
+
+    ds = ctx.dataset
+    return make_tf_dataset(x, y, ds.normalization, ctx.recipe.evaluate.batch_size)
+
+
+def _train_val_datasets(ctx: "BuildContext", batch_size: int):
+    from edgecnn.data import make_tf_dataset
+
+    r, ds = ctx.recipe, ctx.dataset
+    train = make_tf_dataset(ds.x_train, ds.y_train, ds.normalization, batch_size,
+                            augment=r.data.augment, shuffle=True, seed=r.seed)
+    val = None
+    if len(ds.x_val):
+        val = make_tf_dataset(ds.x_val, ds.y_val, ds.normalization, r.evaluate.batch_size)
+    return train, val
+
+
+def _final(history: dict, name: str) -> float | None:
+    values = history.get(name)
+    return round(float(values[-1]), 5) if values else None
+
+
+def _load_model(path, what: str | None = None):
+    from edgecnn.models.teachers import load_keras_model
+
+    return load_keras_model(path, what=what or Path(path).name)
+
+
+def _seed_everything(seed: int) -> None:
+    from edgecnn._tf import keras
+
+    keras().utils.set_random_seed(seed)
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def run_data(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
+    """Load and split the dataset; record its fingerprint, classes and normalization."""
+    from edgecnn.data import dataset_fingerprint
+
+    ds = ctx.dataset
+    counts = {"train": len(ds.y_train), "validation": len(ds.y_val), "test": len(ds.y_test)}
+    summary = {
+        "source": recipe.data.source,
+        "fingerprint": dataset_fingerprint(recipe.data, recipe.seed),
+        "class_names": list(ds.class_names),
+        "input_shape": list(_input_shape(recipe)),
+        "normalization": ds.normalization.to_dict(),
+        "splits": counts,
+        "config": recipe.to_dict()["data"],
+    }
+    path = write_json_atomic(ctx.path(DATASET_FILE), summary)
+    ctx.progress.line(f"    {counts['train']} train / {counts['validation']} validation / {counts['test']} test images, "
+                      f"{len(ds.class_names)} classes")
+    return StageResult({"dataset": path}, {"splits": counts, "num_classes": len(ds.class_names)})
+
+
+def _check_teacher_fits(model, recipe: "Recipe", num_classes: int, path) -> None:
+    want = _input_shape(recipe)
+    got = tuple(model.input_shape[1:]) if not isinstance(model.input_shape, list) else None
+    if got != want:
+        raise ModelFileError(f"{path}: the teacher takes input {got}, the data gives {want}; "
+                             "set data.image_size / data.channels to match the teacher")
+    classes = model.output_shape[-1]
+    if classes != num_classes:
+        raise ModelFileError(f"{path}: the teacher has {classes} outputs, the dataset has {num_classes} classes; "
+                             "use a teacher trained on these classes")
+
+
+def run_teacher(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
+    """Train the teacher (or load ``teacher.path``) and measure its test accuracy."""
+    from edgecnn.compress.train import evaluate_classifier, train_classifier
+    from edgecnn.models import create_teacher
+
+    ds = ctx.dataset
+    cfg = recipe.teacher
+    metrics: dict = {}
+    if cfg.path is not None:
+        model = _load_model(cfg.path, "teacher.path")
+        _check_teacher_fits(model, recipe, len(ds.class_names), cfg.path)
+        metrics["source"] = str(cfg.path)
+    else:
+        _seed_everything(recipe.seed)
+        model = create_teacher(cfg.architecture, _input_shape(recipe), len(ds.class_names), cfg)
+        train, val = _train_val_datasets(ctx, cfg.train.batch_size)
+        history = train_classifier(model, train, val, len(ds.x_train), cfg.train, ctx.progress, "teacher")
+        metrics.update(train_accuracy=_final(history, "accuracy"), val_accuracy=_final(history, "val_accuracy"))
+    metrics["params"] = int(model.count_params())
+    metrics["accuracy"] = round(evaluate_classifier(model, _eval_dataset(ctx, ds.x_test, ds.y_test)), 5)
+    return StageResult({"teacher": _save_keras(model, ctx.path(TEACHER_FILE))}, metrics)
+
+
+def run_student(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
+    """Build the student and train it: distilled from the teacher, or on hard labels."""
+    from edgecnn.compress.distill import distill_student
+    from edgecnn.compress.train import evaluate_classifier, train_classifier
+    from edgecnn.models import create_student
+
+    ds = ctx.dataset
+    _seed_everything(recipe.seed)
+    student = create_student(recipe.student.architecture, _input_shape(recipe), len(ds.class_names), recipe.student)
+    train_cfg = recipe.distill.train
+    train, val = _train_val_datasets(ctx, train_cfg.batch_size)
+    if recipe.distill.enabled:
+        teacher = _load_model(ctx.artifacts["teacher"])
+        history = distill_student(student, teacher, train, val, len(ds.x_train), recipe.distill, ctx.progress)
+    else:
+        history = train_classifier(student, train, val, len(ds.x_train), train_cfg, ctx.progress, "student")
+    metrics = {
+        "params": int(student.count_params()),
+        "train_accuracy": _final(history, "accuracy"),
+        "val_accuracy": _final(history, "val_accuracy"),
+        "accuracy": round(evaluate_classifier(student, _eval_dataset(ctx, ds.x_test, ds.y_test)), 5),
+    }
+    return StageResult({"student": _save_keras(student, ctx.path(STUDENT_FILE))}, metrics)
+
+
+def run_export(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
+    """Convert the student to each float TFLite format in ``export.formats``."""
+    from edgecnn.export.formats import get_format
+    from edgecnn.export.tflite import convert_float, inference_model
+
+    model = inference_model(_load_model(ctx.artifacts["student"]))
+    produced = {}
+    for name in recipe.export.formats:
+        fmt = get_format(name)
+        produced[f"tflite_{fmt.name}"] = convert_float(model, fmt, ctx.path(fmt.filename))
+    return StageResult(produced, {})
+
+
+def run_quantize(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
+    """Full-integer post-training quantization, calibrated on un-augmented training images."""
+    from edgecnn.data import representative_images
+    from edgecnn.export.formats import get_format
+    from edgecnn.export.tflite import convert_int8, inference_model
+
+    ds = ctx.dataset
+    n = recipe.quantize.calibration_samples or recipe.data.representative_samples
+    calibration = ds.normalization.apply(representative_images(ds, n, recipe.seed))
+    model = inference_model(_load_model(ctx.artifacts["student"]))
+    fmt = get_format("int8")
+    path = convert_int8(model, calibration, recipe.quantize.io_dtype, ctx.path(fmt.filename))
+    return StageResult({"tflite_int8": path}, {"calibration_samples": int(len(calibration)),
+                                                "io_dtype": recipe.quantize.io_dtype})
+
+
+def run_evaluate(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
+    """Run every exported .tflite on the test split with the real TFLite runtime."""
+    from edgecnn.export.inspect_tflite import inspect_tflite
+    from edgecnn.runtime.interpreter import evaluate_tflite, runtime_name_version
+
+    ds = ctx.dataset
+    x_test = ds.normalization.apply(ds.x_test)
+    runtime, version = runtime_name_version()
+    results = {}
+    for name, path in ctx.artifacts_for(("tflite",)).items():
+        summary = inspect_tflite(path)
+        accuracy = evaluate_tflite(path, x_test, ds.y_test, num_threads=recipe.evaluate.threads)
+        results[name] = {
+            "path": path.name,
+            "accuracy": round(float(accuracy), 5),
+            "input_dtype": summary.inputs[0].dtype,
+            "output_dtype": summary.outputs[0].dtype,
+            "size_bytes": summary.file_size,
+        }
+        ctx.progress.line(f"    {path.name}: {accuracy * 100:.2f}% on {len(ds.y_test)} test images ({runtime} {version})")
+    evaluation = {"runtime": runtime, "runtime_version": version, "test_images": int(len(ds.y_test)),
+                  "models": results}
+    path = write_json_atomic(ctx.path(EVALUATION_FILE), evaluation)
+    return StageResult({"evaluation": path}, evaluation)
+
+
+__all__ = ["StageResult", "run_data", "run_evaluate", "run_export", "run_quantize", "run_student", "run_teacher"]

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# One entry point for people and CI: sets everything up, then runs what you ask.
+#   bash tools/dev.sh quickstart [edgecnn build options]   # set up, then build recipes/quickstart.yaml
+#   bash tools/dev.sh test [pytest options]                # set up, then run the test suite
+#   bash tools/dev.sh setup                                # set up only
+# Set-up is idempotent: a virtualenv in .venv with edgecnn installed (editable), and the
+# Fashion-MNIST files (Debian package dataset-fashion-mnist, else a download).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+VENV="$ROOT/.venv"
+
+say() { printf '[edgecnn setup] %s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo "$@"; else return 1; fi
+}
+
+apt_install() {
+  command -v apt-get >/dev/null || return 1
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null 2>&1 && return 0
+  as_root apt-get update -q >/dev/null 2>&1 || return 1
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null 2>&1
+}
+
+find_python() {
+  for c in "${PYTHON:-}" python3.11 python3; do
+    [ -n "$c" ] && command -v "$c" >/dev/null || continue
+    if "$c" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then echo "$c"; return 0; fi
+  done
+  return 1
+}
+
+setup_venv() {
+  local py stamp want
+  py=$(find_python) || { say "Python 3.11 is required (apt-get install python3.11 python3.11-venv, or set PYTHON=...)"; exit 1; }
+  if [ ! -x "$VENV/bin/python" ]; then
+    say "creating $VENV with $py"
+    if ! "$py" -m venv "$VENV" 2>/dev/null; then
+      rm -rf "$VENV"
+      say "python venv module missing; installing python3.11-venv"
+      apt_install python3.11-venv || apt_install python3-venv || { say "install python3.11-venv and retry"; exit 1; }
+      "$py" -m venv "$VENV"
+    fi
+  fi
+  stamp="$VENV/.edgecnn-installed"
+  want=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    say "installing edgecnn and its dependencies into $VENV (first time: a few minutes)"
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    "$VENV/bin/python" -m pip install -q -e ".[test]"
+    echo "$want" > "$stamp"
+  fi
+}
+
+setup_data() {
+  local sys_dir=/usr/share/datasets/fashion-mnist
+  if [ -n "${EDGECNN_DATA:-}" ] || [ -f "$sys_dir/t10k-labels-idx1-ubyte.gz" ]; then return 0; fi
+  say "getting Fashion-MNIST (Debian package dataset-fashion-mnist)"
+  if apt_install dataset-fashion-mnist && [ -f "$sys_dir/t10k-labels-idx1-ubyte.gz" ]; then return 0; fi
+  say "apt not available; downloading into ~/.keras/datasets/fashion-mnist"
+  "$VENV/bin/edgecnn" data download fashion_mnist
+}
+
+cmd=${1:-}
+shift || true
+case "$cmd" in
+  setup) setup_venv; setup_data ;;
+  quickstart) setup_venv; setup_data; exec "$VENV/bin/edgecnn" build recipes/quickstart.yaml "$@" ;;
+  test) setup_venv; setup_data; exec "$VENV/bin/python" -m pytest -q "$@" ;;
+  *) echo "usage: bash tools/dev.sh {quickstart|test|setup} [args...]" >&2; exit 2 ;;
+esac
