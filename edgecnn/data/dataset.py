@@ -322,7 +322,7 @@ def make_tf_dataset(
     # re-batching N single images, and keeps one copy of the images in memory.
     ds = tf.data.Dataset.range(n)
     if shuffle:
-        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(max(n, 1), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
     use_augment = augment is not None and (augment.horizontal_flip or augment.translate > 0)
     if use_augment:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import numpy as np
 
@@ -43,7 +43,8 @@ def to_model_input(images: np.ndarray, image_size: int, channels: int) -> np.nda
         images = images[..., np.newaxis]
     if channels not in (1, 3) or images.shape[-1] not in (1, 3, 4):
         raise DataError(f"data.channels: cannot turn {images.shape[-1]}-channel images into {channels}-channel inputs; use channels 1 or 3")
-    images = images[..., :3]
+    if images.shape[-1] == 4:
+        images = images[..., :3]
     # Drop to gray before resizing (3x less work); repeat gray to RGB after it.
     if channels == 1 and images.shape[-1] == 3:
         images = _rgb_to_gray(images)

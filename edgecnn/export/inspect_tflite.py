@@ -23,7 +23,6 @@ import mmap
 import os
 import struct
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
 from edgecnn.errors import ModelFileError
@@ -54,9 +53,11 @@ _MAX_QUANT_PARAMS = 1 << 20
 _MAX_STRING = 1 << 20
 # Work budget: units are tables visited plus vector elements read. A well-formed file
 # needs far less than one unit per two bytes; the constant covers tiny files.
-_BUDGET_BASE = 200_000
+_BUDGET_BASE = 20_000
 
-_FIX_CORRUPT = "the file is corrupt or truncated; copy it again or re-export it with the TFLite converter"
+_FIX_COPY = "copy it again or re-export it with the TFLite converter"
+_FIX_CORRUPT = f"the file is corrupt or truncated; {_FIX_COPY}"
+_ROOT = "root table"
 _FIX_NOT_TFLITE = "pass a .tflite produced by the TFLite converter"
 
 # Builtin operator codes whose input 1 is the weight tensor (filter / weights matrix).
@@ -285,10 +286,10 @@ def inspect_tflite_bytes(data: bytes | bytearray | memoryview | mmap.mmap,
     """
     size = len(data)
     if size == 0:
-        raise ModelFileError(f"{label}: the file is empty; {_FIX_CORRUPT}")
+        raise ModelFileError(f"{label}: the file is empty; {_FIX_COPY}")
     if size < 8:
         raise ModelFileError(f"{label}: only {size} bytes, too small for a TFLite "
-                             f"flatbuffer; {_FIX_CORRUPT}")
+                             f"flatbuffer; {_FIX_COPY}")
     ident = bytes(data[4:8])
     if ident != FILE_IDENTIFIER:
         raise ModelFileError(_wrong_kind_message(label, bytes(data[:8]), ident))
@@ -386,7 +387,23 @@ class _Malformed(Exception):
     """Internal: the flatbuffer breaks a structural rule; the message says which."""
 
 
-_U8, _I8, _U16, _I32, _U32, _U64 = (struct.Struct(f) for f in ("<B", "<b", "<H", "<i", "<I", "<Q"))
+# Field ids (vtable slots) of the schema.fbs tables read here, as in
+# ai_edge_litert/schema_py_generated.py; tests/test_inspect.py checks them against it.
+_SCHEMA = {
+    "Model": {"version": 0, "operator_codes": 1, "subgraphs": 2, "description": 3,
+              "buffers": 4, "metadata": 6, "signature_defs": 7},
+    "OperatorCode": {"deprecated_builtin_code": 0, "custom_code": 1, "builtin_code": 3},
+    "SubGraph": {"tensors": 0, "inputs": 1, "outputs": 2, "operators": 3, "name": 4},
+    "Tensor": {"shape": 0, "type": 1, "buffer": 2, "name": 3, "quantization": 4,
+               "shape_signature": 7},
+    "QuantizationParameters": {"scale": 2, "zero_point": 3, "quantized_dimension": 6},
+    "Operator": {"opcode_index": 0, "inputs": 1, "outputs": 2},
+    "Buffer": {"data": 0, "offset": 1, "size": 2},
+    "Metadata": {"name": 0, "buffer": 1},
+    "SignatureDef": {"signature_key": 2},
+}
+
+_I8, _U16, _I32, _U32, _U64 = (struct.Struct(f) for f in ("<b", "<H", "<i", "<I", "<Q"))
 
 
 class _Buffer:
@@ -416,17 +433,21 @@ class _Buffer:
         return st.unpack_from(self.data, pos)[0]
 
     def root(self) -> "_Table":
-        return _Table(self, self.read(_U32, 0, "root offset"), "Model")
+        return _Table(self, self.read(_U32, 0, "root offset"), "Model", _ROOT)
 
 
 class _Table:
-    """One flatbuffer table: its position and vtable, read and checked on creation."""
+    """One flatbuffer table of schema kind ``kind``; its vtable is checked on creation.
 
-    __slots__ = ("buf", "pos", "vt", "vt_size", "tbl_size", "what")
+    Fields are addressed by their schema.fbs name; ``what`` is the table's path in the
+    model (``subgraphs[0].tensors[3]``) for error messages.
+    """
 
-    def __init__(self, buf: _Buffer, pos: int, what: str):
+    __slots__ = ("buf", "pos", "kind", "what", "vt", "vt_size", "tbl_size")
+
+    def __init__(self, buf: _Buffer, pos: int, kind: str, what: str):
         buf.charge(1)
-        self.buf, self.pos, self.what = buf, pos, what
+        self.buf, self.pos, self.kind, self.what = buf, pos, kind, what
         vt = pos - buf.read(_I32, pos, what)
         vt_size = buf.read(_U16, vt, f"{what} vtable")
         tbl_size = buf.read(_U16, vt + 2, f"{what} vtable")
@@ -438,81 +459,86 @@ class _Table:
         buf.check(pos, tbl_size, what)
         self.vt, self.vt_size, self.tbl_size = vt, vt_size, tbl_size
 
-    def _field(self, fid: int, size: int) -> int:
-        """Absolute position of field ``fid`` (``size`` bytes), or 0 when absent."""
-        slot = 4 + 2 * fid
+    def _path(self, name: str) -> str:
+        return f"{self.what}.{name}" if self.what != _ROOT else name
+
+    def _field(self, name: str, size: int) -> int:
+        """Absolute position of field ``name`` (``size`` bytes), or 0 when absent."""
+        slot = 4 + 2 * _SCHEMA[self.kind][name]
         if slot + 2 > self.vt_size:
             return 0
         voff = self.buf.read(_U16, self.vt + slot, f"{self.what} vtable")
         if voff == 0:
             return 0
         if voff < 4 or voff + size > self.tbl_size:
-            raise _Malformed(f"{self.what} field {fid} lies outside its table")
+            raise _Malformed(f"{self._path(name)} lies outside its table")
         return self.pos + voff
 
-    def scalar(self, fid: int, st: struct.Struct, default):
-        pos = self._field(fid, st.size)
+    def scalar(self, name: str, st: struct.Struct, default):
+        pos = self._field(name, st.size)
         return st.unpack_from(self.buf.data, pos)[0] if pos else default
 
-    def _target(self, fid: int, what: str) -> int:
-        """Follow the uoffset in field ``fid``; 0 when absent."""
-        pos = self._field(fid, 4)
+    def _target(self, name: str) -> int:
+        """Follow the uoffset in field ``name``; 0 when absent."""
+        pos = self._field(name, 4)
         if not pos:
             return 0
         target = pos + _U32.unpack_from(self.buf.data, pos)[0]
-        self.buf.check(target, 4, what)
+        self.buf.check(target, 4, self._path(name))
         return target
 
-    def table(self, fid: int, what: str) -> "_Table | None":
-        target = self._target(fid, what)
-        return _Table(self.buf, target, what) if target else None
+    def table(self, name: str, kind: str) -> "_Table | None":
+        target = self._target(name)
+        return _Table(self.buf, target, kind, self._path(name)) if target else None
 
-    def vector(self, fid: int, elem_size: int, what: str) -> tuple[int, int]:
+    def vector(self, name: str, elem_size: int) -> tuple[int, int]:
         """(start, count) of a vector field; (0, 0) when absent."""
-        target = self._target(fid, what)
+        target = self._target(name)
         if not target:
             return 0, 0
         count = _U32.unpack_from(self.buf.data, target)[0]
         # Checking the whole extent first stops absurd lengths before any allocation.
-        self.buf.check(target + 4, count * elem_size, f"{what} ({count} elements)")
+        self.buf.check(target + 4, count * elem_size, f"{self._path(name)} ({count:,} elements)")
         return target + 4, count
 
-    def numbers(self, fid: int, code: str, what: str, max_len: int) -> tuple:
-        st = struct.Struct("<" + code)
-        start, count = self.vector(fid, st.size, what)
+    def numbers(self, name: str, code: str, max_len: int) -> tuple:
+        """A scalar vector (struct ``code``) as a tuple, refusing more than ``max_len``."""
+        start, count = self.vector(name, struct.calcsize("<" + code))
         if count > max_len:
-            raise _Malformed(f"{what} has {count:,} elements (limit {max_len:,})")
+            raise _Malformed(f"{self._path(name)} has {count:,} elements (limit {max_len:,})")
         self.buf.charge(count)
         return struct.unpack_from(f"<{count}{code}", self.buf.data, start) if count else ()
 
-    def string(self, fid: int, what: str) -> str:
-        start, count = self.vector(fid, 1, what)
+    def element(self, name: str, st: struct.Struct, index: int):
+        """Element ``index`` of a scalar vector, or None when the vector is shorter."""
+        start, count = self.vector(name, st.size)
+        return st.unpack_from(self.buf.data, start + st.size * index)[0] if index < count else None
+
+    def string(self, name: str) -> str:
+        start, count = self.vector(name, 1)
         if count > _MAX_STRING:
-            raise _Malformed(f"{what} is {count:,} bytes long (limit {_MAX_STRING:,})")
+            raise _Malformed(f"{self._path(name)} is {count:,} bytes long (limit {_MAX_STRING:,})")
         self.buf.charge(count // 64)
         return bytes(self.buf.data[start:start + count]).decode("utf-8", errors="replace")
 
-    def tables(self, fid: int, what: str) -> Iterator["_Table"]:
-        """Yield the tables of a vector-of-tables field, one at a time."""
-        start, count = self.vector(fid, 4, what)
+    def tables(self, name: str, kind: str) -> Iterator["_Table"]:
+        """Yield the tables of a vector-of-tables field one at a time (never all at once)."""
+        start, count = self.vector(name, 4)
         self.buf.charge(count)
-        data = self.buf.data
         for i in range(count):
-            pos = start + 4 * i
-            yield _Table(self.buf, pos + _U32.unpack_from(data, pos)[0], f"{what}[{i}]")
+            yield self._element_table(name, kind, start, i)
 
-    def table_at(self, fid: int, index: int, what: str) -> "_Table":
-        """Table ``index`` of a vector-of-tables field (the caller checked the index)."""
-        start, count = self.vector(fid, 4, what)
+    def table_at(self, name: str, kind: str, index: int) -> "_Table":
+        """Table ``index`` of a vector-of-tables field."""
+        start, count = self.vector(name, 4)
         if not 0 <= index < count:
-            raise _Malformed(f"{what} has no element {index}")
-        pos = start + 4 * index
-        return _Table(self.buf, pos + _U32.unpack_from(self.buf.data, pos)[0], f"{what}[{index}]")
+            raise _Malformed(f"{self._path(name)} has no element {index}")
+        return self._element_table(name, kind, start, index)
 
-    def element(self, fid: int, st: struct.Struct, index: int, what: str):
-        """Element ``index`` of a scalar vector, or None when the vector is shorter."""
-        start, count = self.vector(fid, st.size, what)
-        return st.unpack_from(self.buf.data, start + st.size * index)[0] if index < count else None
+    def _element_table(self, name: str, kind: str, start: int, index: int) -> "_Table":
+        pos = start + 4 * index
+        return _Table(self.buf, pos + _U32.unpack_from(self.buf.data, pos)[0], kind,
+                      f"{self._path(name)}[{index}]")
 
 
 # ---------------------------------------------------------------------- the summary
@@ -551,27 +577,26 @@ class _TypeAcc:
 
 def _summarize(buf: _Buffer, label: str) -> TfliteSummary:
     model = buf.root()
-    version = model.scalar(0, _U32, 0)
 
     # Operator codes: the real code is the larger of the int8 legacy field (capped at
     # 127) and the int32 field added when codes outgrew int8.
     opcodes: list[tuple[int, str]] = []
-    for oc in model.tables(1, "operator_codes"):
-        code = max(oc.scalar(0, _I8, 0), oc.scalar(3, _I32, 0))
-        custom = oc.string(1, f"{oc.what}.custom_code") if code == _CUSTOM else ""
-        opcodes.append((code, custom or ("CUSTOM" if code == _CUSTOM else "")))
+    for oc in model.tables("operator_codes", "OperatorCode"):
+        code = max(oc.scalar("deprecated_builtin_code", _I8, 0), oc.scalar("builtin_code", _I32, 0))
+        custom = (oc.string("custom_code") or "CUSTOM") if code == _CUSTOM else ""
+        opcodes.append((code, custom))
 
     # Buffer sizes, so tensors can tell constants (non-empty buffer) from activations.
     buffer_bytes: list[int] = []
     offset_buffers = 0
-    for b in model.tables(4, "buffers"):
-        _, nbytes = b.vector(0, 1, f"{b.what}.data")
+    for b in model.tables("buffers", "Buffer"):
+        _, nbytes = b.vector("data", 1)
         if not nbytes:
-            offset, size = b.scalar(1, _U64, 0), b.scalar(2, _U64, 0)
+            offset, size = b.scalar("offset", _U64, 0), b.scalar("size", _U64, 0)
             # offset 0 means unset and 1 is the converter's placeholder; data lives at
             # file[offset:offset+size] only beyond that (TFLite's IsValidBufferOffset).
             if offset > 1 and size:
-                buf.check(offset, size, f"{b.what} external data")
+                buf.check(offset, size, f"{b.what} data (Buffer.offset/size)")
                 nbytes = size
                 offset_buffers += 1
         buffer_bytes.append(nbytes)
@@ -585,13 +610,13 @@ def _summarize(buf: _Buffer, label: str) -> TfliteSummary:
     inputs: tuple[TensorSummary, ...] = ()
     outputs: tuple[TensorSummary, ...] = ()
 
-    for gi, g in enumerate(model.tables(2, "subgraphs")):
-        tensor_tables: list[int] = []
+    for gi, g in enumerate(model.tables("subgraphs", "SubGraph")):
+        tensor_pos: list[int] = []
         tensor_type: list[str] = []
         tensor_const: list[bool] = []
-        for t in g.tables(0, f"subgraphs[{gi}].tensors"):
-            dtype = _type_name(t.scalar(1, _I8, 0))
-            bidx = t.scalar(2, _U32, 0)
+        for t in g.tables("tensors", "Tensor"):
+            dtype = _type_name(t.scalar("type", _I8, 0))
+            bidx = t.scalar("buffer", _U32, 0)
             if bidx >= len(buffer_bytes) and bidx != 0:
                 raise _Malformed(f"{t.what} uses buffer {bidx} but the model has "
                                  f"{len(buffer_bytes)} buffers")
@@ -606,17 +631,17 @@ def _summarize(buf: _Buffer, label: str) -> TfliteSummary:
                     nbytes = buffer_bytes[bidx]
                     acc.parameter_bytes += nbytes
                     acc.parameters += _element_count(t, dtype, nbytes)
-            tensor_tables.append(t.pos)
+            tensor_pos.append(t.pos)
             tensor_type.append(dtype)
             tensor_const.append(is_const)
 
-        ntensors = len(tensor_tables)
+        ntensors = len(tensor_pos)
         dequantized: dict[int, int] = {}  # DEQUANTIZE output tensor -> its input tensor
         weight_inputs: list[int] = []
         nops = 0
-        for op in g.tables(3, f"subgraphs[{gi}].operators"):
+        for op in g.tables("operators", "Operator"):
             nops += 1
-            oi = op.scalar(0, _U32, 0)
+            oi = op.scalar("opcode_index", _U32, 0)
             if oi >= len(opcodes):
                 raise _Malformed(f"{op.what} uses operator code {oi} but the model has "
                                  f"{len(opcodes)}")
@@ -626,39 +651,38 @@ def _summarize(buf: _Buffer, label: str) -> TfliteSummary:
                 custom_ops.add(custom)
             op_counts[name] = op_counts.get(name, 0) + 1
             if code in _WEIGHT_OP_CODES:
-                w = op.element(1, _I32, 1, f"{op.what}.inputs")
-                if w is not None and w >= 0:
-                    weight_inputs.append(_check_index(w, ntensors, f"{op.what} input"))
+                w = op.element("inputs", _I32, 1)
+                if w is not None and w >= 0:  # -1 marks an omitted optional input
+                    weight_inputs.append(_check_index(w, ntensors, f"{op.what}.inputs"))
             elif code == _DEQUANTIZE:
-                src = op.element(1, _I32, 0, f"{op.what}.inputs")
-                dst = op.element(2, _I32, 0, f"{op.what}.outputs")
+                src, dst = op.element("inputs", _I32, 0), op.element("outputs", _I32, 0)
                 if src is not None and dst is not None and src >= 0 and dst >= 0:
-                    dequantized[_check_index(dst, ntensors, f"{op.what} output")] = \
-                        _check_index(src, ntensors, f"{op.what} input")
+                    dequantized[_check_index(dst, ntensors, f"{op.what}.outputs")] = \
+                        _check_index(src, ntensors, f"{op.what}.inputs")
         for w in weight_inputs:
             if tensor_const[w]:
                 weight_types.add(tensor_type[w])
             elif w in dequantized and tensor_const[dequantized[w]]:
+                # float16 / int8 weights stored compressed and expanded at load time.
                 weight_types.add(tensor_type[dequantized[w]])
 
-        subgraphs.append(SubgraphSummary(gi, g.string(4, f"subgraphs[{gi}].name"), ntensors, nops))
+        subgraphs.append(SubgraphSummary(gi, g.string("name"), ntensors, nops))
         if gi == 0:
-            inputs = _io_tensors(buf, g, 1, tensor_tables, tensor_type, "inputs")
-            outputs = _io_tensors(buf, g, 2, tensor_tables, tensor_type, "outputs")
+            inputs = _io_tensors(g, "inputs", tensor_pos, tensor_type)
+            outputs = _io_tensors(g, "outputs", tensor_pos, tensor_type)
 
     if not subgraphs:
         raise _Malformed("the model has no subgraphs")
 
     metadata_names: list[str] = []
     min_runtime = None
-    for m in model.tables(6, "metadata"):
-        mname = m.string(0, f"{m.what}.name")
-        metadata_names.append(mname)
-        if mname == "min_runtime_version":
-            min_runtime = _small_buffer_text(model, m.scalar(1, _U32, 0), len(buffer_bytes))
+    for m in model.tables("metadata", "Metadata"):
+        metadata_names.append(m.string("name"))
+        if metadata_names[-1] == "min_runtime_version":
+            min_runtime = _small_buffer_text(model, m.scalar("buffer", _U32, 0), len(buffer_bytes))
 
-    signature_keys = tuple(s.string(2, f"{s.what}.signature_key")
-                           for s in model.tables(7, "signature_defs"))
+    signature_keys = tuple(s.string("signature_key")
+                           for s in model.tables("signature_defs", "SignatureDef"))
 
     tensor_types = tuple(sorted(
         (TensorTypeSummary(k, a.tensors, a.constant_tensors, a.parameters, a.parameter_bytes)
@@ -667,8 +691,8 @@ def _summarize(buf: _Buffer, label: str) -> TfliteSummary:
     return TfliteSummary(
         path=label,
         file_size=buf.size,
-        schema_version=version,
-        description=model.string(3, "description"),
+        schema_version=model.scalar("version", _U32, 0),
+        description=model.string("description"),
         subgraphs=tuple(subgraphs),
         inputs=inputs,
         outputs=outputs,
@@ -693,32 +717,32 @@ def _check_index(index: int, count: int, what: str) -> int:
 
 def _element_count(t: _Table, dtype: str, nbytes: int) -> int:
     """Elements in a constant tensor: its shape's product, else bytes / item size."""
-    shape = t.numbers(0, "i", f"{t.what}.shape", _MAX_RANK)
+    shape = t.numbers("shape", "i", _MAX_RANK)
     if all(d >= 0 for d in shape):
         return math.prod(shape)
     return nbytes // _ITEMSIZE.get(dtype, 1)
 
 
-def _io_tensors(buf: _Buffer, g: _Table, fid: int, tensor_tables: list[int],
-                tensor_type: list[str], which: str) -> tuple[TensorSummary, ...]:
+def _io_tensors(g: _Table, which: str, tensor_pos: list[int],
+                tensor_type: list[str]) -> tuple[TensorSummary, ...]:
     out = []
-    for i in g.numbers(fid, "i", f"subgraphs[0].{which}", len(tensor_tables)):
-        i = _check_index(i, len(tensor_tables), f"subgraphs[0].{which}")
-        t = _Table(buf, tensor_tables[i], f"tensors[{i}]")
-        shape = t.numbers(0, "i", f"{t.what}.shape", _MAX_RANK)
-        signature = t.numbers(7, "i", f"{t.what}.shape_signature", _MAX_RANK) or shape
+    for i in g.numbers(which, "i", len(tensor_pos)):
+        _check_index(i, len(tensor_pos), f"{g.what}.{which}")
+        t = _Table(g.buf, tensor_pos[i], "Tensor", f"{g.what}.tensors[{i}]")
+        shape = t.numbers("shape", "i", _MAX_RANK)
+        signature = t.numbers("shape_signature", "i", _MAX_RANK) or shape
         scales: tuple = ()
         zero_points: tuple = ()
         qdim = 0
-        q = t.table(4, f"{t.what}.quantization")
+        q = t.table("quantization", "QuantizationParameters")
         if q is not None:
-            scales = q.numbers(2, "f", f"{q.what}.scale", _MAX_QUANT_PARAMS)
-            zero_points = q.numbers(3, "q", f"{q.what}.zero_point", _MAX_QUANT_PARAMS)
-            qdim = q.scalar(6, _I32, 0)
+            scales = q.numbers("scale", "f", _MAX_QUANT_PARAMS)
+            zero_points = q.numbers("zero_point", "q", _MAX_QUANT_PARAMS)
+            qdim = q.scalar("quantized_dimension", _I32, 0)
         out.append(TensorSummary(
-            index=i, name=t.string(3, f"{t.what}.name"), shape=tuple(shape),
-            shape_signature=tuple(signature), dtype=tensor_type[i], scales=tuple(scales),
-            zero_points=tuple(zero_points), quantized_dimension=qdim))
+            index=i, name=t.string("name"), shape=tuple(shape), shape_signature=tuple(signature),
+            dtype=tensor_type[i], scales=tuple(scales), zero_points=tuple(zero_points),
+            quantized_dimension=qdim))
     return tuple(out)
 
 
@@ -726,8 +750,8 @@ def _small_buffer_text(model: _Table, index: int, nbuffers: int) -> str | None:
     """Text of a short metadata buffer such as ``min_runtime_version``."""
     if not 0 < index < nbuffers:
         raise _Malformed(f"metadata refers to buffer {index} but the model has {nbuffers}")
-    b = model.table_at(4, index, "buffers")
-    start, count = b.vector(0, 1, f"{b.what}.data")
+    b = model.table_at("buffers", "Buffer", index)
+    start, count = b.vector("data", 1)
     raw = bytes(b.buf.data[start:start + min(count, 64)])
     return raw.split(b"\0", 1)[0].decode("ascii", errors="replace") or None
 
@@ -739,6 +763,8 @@ def _wrong_kind_message(label: str, head: bytes, ident: bytes) -> str:
     for magic, kind, fix in _KNOWN_MAGIC:
         if head.startswith(magic):
             return f"{label}: not a TFLite flatbuffer, it looks like {kind}; {fix}"
+    if all(32 <= c < 127 or c in b"\t\r\n" for c in head):
+        return f"{label}: not a TFLite flatbuffer, it looks like a text file; {_FIX_NOT_TFLITE}"
     return (f"{label}: not a TFLite flatbuffer (file identifier is {ident!r}, expected "
             f"{FILE_IDENTIFIER!r}); {_FIX_NOT_TFLITE}")
 
