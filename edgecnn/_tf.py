@@ -8,20 +8,50 @@ instead of importing it at module level, which also keeps ``edgecnn --help`` fas
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from typing import Iterator
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 # TensorFlow's C++ start-up chatter is noise in a CLI; errors still show.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Silence what C++ code writes straight to file descriptor 2 while the block runs.
+
+    TensorFlow's import (CUDA probing on a CPU machine), the TFLite converter and the
+    interpreter print absl/glog lines that Python cannot filter and that bury the one
+    line of progress a person reads. ``EDGECNN_DEBUG=1`` (set by ``--debug``) keeps them.
+    Only wrap short native calls: Python's own stderr writes inside are lost too.
+    """
+    if os.environ.get("EDGECNN_DEBUG") == "1":
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def tensorflow():
     """Return the ``tensorflow`` module, importing it with tf_keras selected."""
-    if "tensorflow" in sys.modules and os.environ.get("TF_USE_LEGACY_KERAS") != "1":
-        raise RuntimeError("TensorFlow was imported before edgecnn selected tf_keras; "
-                           "set TF_USE_LEGACY_KERAS=1 or import edgecnn first")
-    import tensorflow as tf
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    with native_stderr_silenced():
+        import tensorflow as tf
+
+        # Device discovery probes CUDA and logs a failed cuInit on CPU-only machines.
+        tf.config.list_physical_devices()
 
     tf.get_logger().setLevel("ERROR")
     return tf

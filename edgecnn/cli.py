@@ -49,6 +49,10 @@ class _Cli(click.Group):
 @click.version_option(package_name="edgecnn")
 def main(debug: bool) -> None:
     """edgecnn: images and a big model in, a small accurate int8 .tflite out, measured."""
+    if debug:
+        import os
+
+        os.environ["EDGECNN_DEBUG"] = "1"  # keeps TensorFlow's native log lines visible
 
 
 @main.command()

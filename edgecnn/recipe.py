@@ -144,6 +144,7 @@ class DistillConfig(_Section):
     enabled: bool = Field(True, description="Train the student on the teacher's soft targets; False = hard labels only.")
     temperature: float = Field(4.0, gt=0.0, le=100.0, description="Softmax temperature T for soft targets; the soft loss is scaled by T^2.")
     alpha: float = Field(0.7, ge=0.0, le=1.0, description="Weight of the soft (KL) loss; 1 - alpha weights the hard-label loss.")
+    teacher_outputs: Literal["online", "cached"] = Field("online", description="online: teacher runs on every augmented batch; cached: teacher logits computed once on un-augmented images (about 2x faster on CPU).")
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=10), description="Student training.")
 
 

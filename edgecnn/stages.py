@@ -52,12 +52,12 @@ def _eval_dataset(ctx: "BuildContext", x, y):
     return make_tf_dataset(x, y, ds.normalization, ctx.recipe.evaluate.batch_size)
 
 
-def _train_val_datasets(ctx: "BuildContext", batch_size: int):
+def _train_val_datasets(ctx: "BuildContext", batch_size: int, soft_targets=None):
     from edgecnn.data import make_tf_dataset
 
     r, ds = ctx.recipe, ctx.dataset
     train = make_tf_dataset(ds.x_train, ds.y_train, ds.normalization, batch_size,
-                            augment=r.data.augment, shuffle=True, seed=r.seed)
+                            augment=r.data.augment, shuffle=True, seed=r.seed, extra=soft_targets)
     val = None
     if len(ds.x_val):
         val = make_tf_dataset(ds.x_val, ds.y_val, ds.normalization, r.evaluate.batch_size)
@@ -142,7 +142,7 @@ def run_teacher(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
 
 def run_student(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
     """Build the student and train it: distilled from the teacher, or on hard labels."""
-    from edgecnn.compress.distill import distill_student
+    from edgecnn.compress.distill import distill_student, precompute_teacher_logits
     from edgecnn.compress.train import evaluate_classifier, train_classifier
     from edgecnn.models import create_student
 
@@ -150,11 +150,16 @@ def run_student(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
     _seed_everything(recipe.seed)
     student = create_student(recipe.student.architecture, _input_shape(recipe), len(ds.class_names), recipe.student)
     train_cfg = recipe.distill.train
-    train, val = _train_val_datasets(ctx, train_cfg.batch_size)
     if recipe.distill.enabled:
         teacher = _load_model(ctx.artifacts["teacher"])
+        soft = None
+        if recipe.distill.teacher_outputs == "cached":
+            ctx.progress.line("    computing teacher logits once (distill.teacher_outputs: cached)")
+            soft = precompute_teacher_logits(teacher, _eval_dataset(ctx, ds.x_train, ds.y_train))
+        train, val = _train_val_datasets(ctx, train_cfg.batch_size, soft)
         history = distill_student(student, teacher, train, val, len(ds.x_train), recipe.distill, ctx.progress)
     else:
+        train, val = _train_val_datasets(ctx, train_cfg.batch_size)
         history = train_classifier(student, train, val, len(ds.x_train), train_cfg, ctx.progress, "student")
     metrics = {
         "params": int(student.count_params()),

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecnn._tf import keras, tensorflow
+import warnings
+
+from edgecnn._tf import keras, native_stderr_silenced, tensorflow
 from edgecnn.export.formats import ExportFormat
 from edgecnn.fileio import write_bytes_atomic
 
@@ -34,7 +36,15 @@ def convert_float(model, fmt: ExportFormat, path: str | Path) -> Path:
     if fmt.name == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
-    return write_bytes_atomic(path, converter.convert())
+    return write_bytes_atomic(path, _convert(converter))
+
+
+def _convert(converter) -> bytes:
+    # The converter prints MLIR pass chatter to fd 2 and warns about input statistics
+    # it does not need for full-integer models; neither helps the person reading.
+    with native_stderr_silenced(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
+        return converter.convert()
 
 
 def convert_int8(model, representative: np.ndarray, io_dtype: str, path: str | Path) -> Path:
@@ -64,4 +74,4 @@ def convert_int8(model, representative: np.ndarray, io_dtype: str, path: str | P
     if io_dtype != "float32":
         converter.inference_input_type = getattr(tf, io_dtype)
         converter.inference_output_type = getattr(tf, io_dtype)
-    return write_bytes_atomic(path, converter.convert())
+    return write_bytes_atomic(path, _convert(converter))

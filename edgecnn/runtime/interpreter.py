@@ -142,9 +142,13 @@ def load_interpreter(path_or_bytes: str | os.PathLike | bytes | bytearray | memo
         kwargs["num_threads"] = num_threads
     if delegates:
         kwargs["experimental_delegates"] = list(delegates)
+    from edgecnn._tf import native_stderr_silenced  # stdlib-only module; TF is not imported
+
     try:
-        interpreter = runtime.interpreter_class(**kwargs)
-        interpreter.allocate_tensors()
+        # The runtime logs "Created TensorFlow Lite XNNPACK delegate" to fd 2 on every load.
+        with native_stderr_silenced():
+            interpreter = runtime.interpreter_class(**kwargs)
+            interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         # Runtimes report corrupt models and unsupported ops as ValueError/RuntimeError
         # with multi-line native logs; keep the first line for the one-line CLI error.
