@@ -64,6 +64,16 @@ def _train_val_datasets(ctx: "BuildContext", batch_size: int, soft_targets=None)
     return train, val
 
 
+def _recalibrate(ctx: "BuildContext", model) -> None:
+    """Fresh BatchNorm statistics from un-augmented training images (see recalibrate_batchnorm)."""
+    from edgecnn.compress.train import recalibrate_batchnorm
+
+    ds = ctx.dataset
+    batches = recalibrate_batchnorm(model, _eval_dataset(ctx, ds.x_train, ds.y_train), max_batches=50)
+    if batches:
+        ctx.progress.line(f"    BatchNorm statistics re-estimated on {batches} training batches")
+
+
 def _final(history: dict, name: str) -> float | None:
     values = history.get(name)
     return round(float(values[-1]), 5) if values else None
@@ -134,6 +144,7 @@ def run_teacher(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
         model = create_teacher(cfg.architecture, _input_shape(recipe), len(ds.class_names), cfg)
         train, val = _train_val_datasets(ctx, cfg.train.batch_size)
         history = train_classifier(model, train, val, len(ds.x_train), cfg.train, ctx.progress, "teacher")
+        _recalibrate(ctx, model)
         metrics.update(train_accuracy=_final(history, "accuracy"), val_accuracy=_final(history, "val_accuracy"))
     metrics["params"] = int(model.count_params())
     metrics["accuracy"] = round(evaluate_classifier(model, _eval_dataset(ctx, ds.x_test, ds.y_test)), 5)
@@ -161,6 +172,7 @@ def run_student(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
     else:
         train, val = _train_val_datasets(ctx, train_cfg.batch_size)
         history = train_classifier(student, train, val, len(ds.x_train), train_cfg, ctx.progress, "student")
+    _recalibrate(ctx, student)
     metrics = {
         "params": int(student.count_params()),
         "train_accuracy": _final(history, "accuracy"),

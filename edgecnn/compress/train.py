@@ -80,3 +80,36 @@ def evaluate_classifier(model, ds) -> float:
         correct += int(tf.reduce_sum(tf.cast(tf.equal(pred, tf.cast(tf.reshape(y, [-1]), pred.dtype)), tf.int32)))
         total += int(tf.shape(y)[0])
     return correct / max(1, total)
+
+
+def recalibrate_batchnorm(model, ds, max_batches: int = 100) -> int:
+    """Re-estimate every BatchNormalization layer's moving statistics on training data.
+
+    Moving averages lag the weights; after a short run (or a last epoch at a high learning
+    rate) they describe an older network and inference-mode accuracy can sit at chance.
+    Like PyTorch's ``torch.optim.swa_utils.update_bn``, this runs ``max_batches`` batches
+    in training mode with momentum ``i / (i + 1)`` at batch ``i``, which makes each moving
+    statistic the exact mean of the per-batch statistics. Weights are not changed.
+
+    Args:
+        model: a tf_keras model.
+        ds: batched dataset of (image, target) — typically the un-augmented training split.
+        max_batches: batches to average over.
+
+    Returns:
+        The number of batches used (0 when the model has no BatchNormalization).
+    """
+    layers = [layer for layer in model.layers if layer.__class__.__name__ == "BatchNormalization"]
+    if not layers:
+        return 0
+    saved = [layer.momentum for layer in layers]
+    used = 0
+    try:
+        for used, (x, _) in enumerate(ds.take(max_batches), start=1):
+            for layer in layers:
+                layer.momentum = (used - 1) / used
+            model(x, training=True)
+    finally:
+        for layer, momentum in zip(layers, saved):
+            layer.momentum = momentum
+    return used

@@ -49,7 +49,7 @@ def call_keras_application(factory, name: str, key: str, weights: str | None, **
     except Exception as exc:  # keras wraps download failures in a bare Exception
         if weights == "imagenet" and "URL fetch failure" in str(exc):
             raise ModelFileError(
-                f"{key}: could not download the ImageNet weights of {name} (offline?); download them where you are online "
+                f"{key}.weights: could not download the ImageNet weights of {name} (offline?); download them where you are online "
                 "and set the weights key to the local .h5 file, or copy it into ~/.keras/models/"
             ) from None
         raise

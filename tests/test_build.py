@@ -1,0 +1,185 @@
+"""End to end on real Fashion-MNIST (a few hundred images, one epoch, tiny widths).
+
+Checks the int8 model itself (int8 weights, requested I/O type, runs on ai-edge-litert),
+that report.json's accuracy equals an independent re-evaluation of the file, the manifest,
+the stage cache, and that failures leave nothing half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import assert_one_line_error, write_tiny_recipe
+
+from edgecnn.errors import ModelFileError
+from edgecnn.fileio import sha256_file
+from edgecnn.pipeline import build
+from edgecnn.progress import Progress
+from edgecnn.recipe import load_recipe
+
+ALL_STAGES = ["data", "teacher", "student", "export", "quantize", "evaluate"]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    work = tmp_path_factory.mktemp("build")
+    recipe = write_tiny_recipe(work)
+    result = build(recipe, out_dir=work / "run", progress=Progress(quiet=True))
+    return recipe, result
+
+
+def test_every_stage_ran_and_report_lists_models(built):
+    _, result = built
+    assert result.ran == ALL_STAGES and result.cached == []
+    report = json.loads(result.report_path.read_text())
+    names = {m["name"] for m in report["models"]}
+    assert names == {"teacher", "student", "tflite_float32", "tflite_int8"}
+    for model in report["models"]:
+        path = result.out_dir / model["path"]
+        assert path.exists() and model["size_bytes"] > 0
+        assert 0.0 <= model["accuracy"] <= 1.0
+        assert model["precision"] in ("float32", "int8")
+    assert {s["stage"] for s in report["stages"]} == set(ALL_STAGES)
+    assert all(s["wall_s"] >= 0 for s in report["stages"])
+    md = result.report_md_path.read_text()
+    assert "student_int8.tflite" in md and "int8 accuracy drop" in md
+
+
+def test_int8_model_has_int8_weights_and_requested_io(built):
+    from edgecnn.export.inspect_tflite import inspect_tflite
+
+    _, result = built
+    summary = inspect_tflite(result.out_dir / "student_int8.tflite")
+    assert summary.inputs[0].dtype == "UINT8" and summary.outputs[0].dtype == "UINT8"
+    assert summary.inputs[0].scale > 0
+    assert summary.weights_int8
+    assert "FLOAT32" not in {t.dtype for t in summary.tensor_types}
+    float_size = (result.out_dir / "student_float32.tflite").stat().st_size
+    assert summary.file_size < 0.5 * float_size
+
+
+def test_report_accuracy_matches_independent_reevaluation(built):
+    """Re-run the int8 file with the bare ai-edge-litert API, quantizing by hand."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgecnn.data import load_dataset
+
+    recipe_path, result = built
+    recipe = load_recipe(recipe_path)
+    ds = load_dataset(recipe.data, recipe.seed)
+    interpreter = Interpreter(model_path=str(result.out_dir / "student_int8.tflite"))
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    scale, zero = inp["quantization"]
+    mean = np.array(ds.normalization.mean, np.float32)
+    std = np.array(ds.normalization.std, np.float32)
+    correct = 0
+    for image, label in zip(ds.x_test, ds.y_test):
+        x = (image.astype(np.float32) - mean) / std
+        q = np.clip(np.round(x / scale) + zero, 0, 255).astype(np.uint8)[None]
+        interpreter.set_tensor(inp["index"], q)
+        interpreter.invoke()
+        correct += int(np.argmax(interpreter.get_tensor(out["index"])[0]) == label)
+    independent = correct / len(ds.y_test)
+    report = json.loads(result.report_path.read_text())
+    reported = next(m["accuracy"] for m in report["models"] if m["name"] == "tflite_int8")
+    assert abs(reported - independent) <= 1.0 / len(ds.y_test) + 1e-9, (reported, independent)
+    assert independent > 0.15, "four distilled epochs on 540 images should beat chance (10%)"
+
+
+def test_manifest_records_sha256_of_every_artifact(built):
+    recipe_path, result = built
+    manifest = json.loads(result.manifest_path.read_text())
+    assert manifest["recipe_hash"] == load_recipe(recipe_path).recipe_hash
+    assert manifest["versions"]["tensorflow"].startswith("2.21")
+    for name, item in manifest["artifacts"].items():
+        assert sha256_file(result.out_dir / item["path"]) == item["sha256"], name
+
+
+def test_inspect_cli_on_the_built_model(built):
+    _, result = built
+    proc = subprocess.run([sys.executable, "-m", "edgecnn.cli", "inspect", "--json",
+                           str(result.out_dir / "student_int8.tflite")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["inputs"][0]["dtype"] == "UINT8"
+    assert data["op_counts"]["CONV_2D"] > 10 and data["op_counts"]["DEPTHWISE_CONV_2D"] > 5
+    text = subprocess.run([sys.executable, "-m", "edgecnn.cli", "inspect", str(result.out_dir / "student_int8.tflite")],
+                          capture_output=True, text=True, timeout=60).stdout
+    assert "DEPTHWISE_CONV_2D" in text and "zero_point" in text
+
+
+def test_unchanged_rebuild_reuses_every_stage(built):
+    recipe_path, result = built
+    before = {p.name: p.stat().st_mtime_ns for p in result.out_dir.glob("*.tflite")}
+    again = build(recipe_path, out_dir=result.out_dir, progress=Progress(quiet=True))
+    assert again.ran == [] and again.cached == ALL_STAGES
+    assert {p.name: p.stat().st_mtime_ns for p in result.out_dir.glob("*.tflite")} == before
+
+
+def test_quantize_only_change_reruns_only_quantize_and_evaluate(built):
+    recipe_path, result = built
+    changed = build(recipe_path, out_dir=result.out_dir, overrides=("quantize.io_dtype=int8",),
+                    progress=Progress(quiet=True))
+    assert changed.ran == ["quantize", "evaluate"]
+    assert changed.cached == ["data", "teacher", "student", "export"]
+    from edgecnn.export.inspect_tflite import inspect_tflite
+
+    assert inspect_tflite(result.out_dir / "student_int8.tflite").inputs[0].dtype == "INT8"
+
+
+def test_crash_mid_write_leaves_nothing_that_passes_for_valid(built, monkeypatch):
+    """A stage that dies while writing: no temp file stays, and the next build re-runs it."""
+    import edgecnn.export.tflite as tflite
+    from edgecnn.fileio import atomic_path
+
+    recipe_path, result = built
+    override = ("quantize.calibration_samples=16",)
+
+    def dying_convert(model, representative, io_dtype, path):
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(b"TFL3 half a model")
+            raise RuntimeError("killed mid-write")
+
+    monkeypatch.setattr(tflite, "convert_int8", dying_convert)
+    with pytest.raises(RuntimeError, match="killed mid-write"):
+        build(recipe_path, out_dir=result.out_dir, overrides=override, progress=Progress(quiet=True))
+    assert not list(result.out_dir.rglob(".tmp-*"))
+    monkeypatch.undo()
+    rebuilt = build(recipe_path, out_dir=result.out_dir, overrides=override, progress=Progress(quiet=True))
+    assert "quantize" in rebuilt.ran
+
+
+def test_stale_record_after_tampering_forces_rerun(built):
+    recipe_path, result = built
+    int8 = result.out_dir / "student_int8.tflite"
+    data = bytearray(int8.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    int8.write_bytes(bytes(data))
+    rebuilt = build(recipe_path, out_dir=result.out_dir, progress=Progress(quiet=True))
+    assert rebuilt.ran == ["quantize", "evaluate"]
+
+
+def test_teacher_file_that_is_not_a_keras_model(tmp_path):
+    fake = tmp_path / "teacher.keras"
+    fake.write_text("this is not a model")
+    recipe = write_tiny_recipe(tmp_path, extra="")
+    out = tmp_path / "run"
+    with pytest.raises(ModelFileError, match="not a Keras model"):
+        build(recipe, out_dir=out, overrides=(f"teacher.path={fake}",), progress=Progress(quiet=True))
+    assert not (out / "teacher.keras").exists() and not (out / "stages" / "teacher.json").exists()
+    proc = subprocess.run([sys.executable, "-m", "edgecnn.cli", "build", str(recipe), "--out", str(out),
+                           "--set", f"teacher.path={fake}"], capture_output=True, text=True, timeout=300)
+    line = assert_one_line_error(_only_error_lines(proc), 4, "teacher.keras", "not a Keras model")
+    assert line.startswith("error:")
+
+
+def _only_error_lines(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    """Drop the progress lines (stage banners) a build prints before failing."""
+    kept = "\n".join(ln for ln in proc.stderr.splitlines() if not ln.startswith(("==>", "    ", "edgecnn build")))
+    return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout, kept)
