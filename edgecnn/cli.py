@@ -106,6 +106,20 @@ def inspect_command(model: str, as_json: bool) -> None:
     click.echo(json.dumps(summary_to_dict(summary), indent=2) if as_json else format_summary(summary))
 
 
+@main.group()
+def data() -> None:
+    """Datasets: find or download them."""
+
+
+@data.command("download")
+@click.argument("name", type=click.Choice(["fashion_mnist"]))
+def data_download(name: str) -> None:
+    """Make NAME available offline (finds a local copy first, else downloads and verifies sha256)."""
+    from edgecnn.data.fashion_mnist import locate_fashion_mnist
+
+    click.echo(f"{name}: {locate_fashion_mnist(None, download=True)}")
+
+
 @main.command()
 def schema() -> None:
     """Print the recipe JSON Schema (for editor completion)."""
