@@ -73,6 +73,12 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def path_size(path: str | Path) -> int:
+    """Bytes in a file, or in all files under a directory (SavedModel folders)."""
+    path = Path(path)
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
 def clean_stale_temporaries(directory: str | Path) -> None:
     """Remove ``.tmp-*`` leftovers of a killed earlier run."""
     directory = Path(directory)

@@ -27,7 +27,7 @@ from typing import Callable
 from edgecnn import stages as _stages
 from edgecnn.stages import StageResult
 from edgecnn.errors import EdgecnnError
-from edgecnn.fileio import clean_stale_temporaries, sha256_file, write_json_atomic
+from edgecnn.fileio import clean_stale_temporaries, path_size, sha256_file, write_json_atomic
 from edgecnn.progress import Progress
 from edgecnn.recipe import Recipe, load_recipe
 
@@ -217,7 +217,7 @@ def _run_stages(recipe: Recipe, out: Path, progress: Progress) -> BuildResult:
                     digest = sha256_file(path)
                     ctx.artifacts[name] = path
                     hashes[name] = digest
-                    produced[name] = {"path": str(path.relative_to(out)), "sha256": digest, "size_bytes": _size(path)}
+                    produced[name] = {"path": str(path.relative_to(out)), "sha256": digest, "size_bytes": path_size(path)}
                 write_json_atomic(out / STAGE_DIR / f"{stage.name}.json", {
                     "stage": stage.name, "key": key, "artifacts": produced, "metrics": metrics,
                     "wall_s": round(wall, 3), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -234,9 +234,6 @@ def _run_stages(recipe: Recipe, out: Path, progress: Progress) -> BuildResult:
     return BuildResult(out, report_paths["report"], report_paths["report_md"], report_paths["manifest"],
                        report_paths["data"], ran, cached)
 
-
-def _size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
 
 
 __all__ = ["BuildResult", "EdgecnnError", "STAGES", "Stage", "StageResult", "build", "planned_stages"]

@@ -8,12 +8,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgecnn.fileio import sha256_file, write_json_atomic, write_text_atomic
+from edgecnn.fileio import path_size, sha256_file, write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:
     from edgecnn.pipeline import BuildContext
     from edgecnn.recipe import Recipe
 
+ACCURACY_PLOT_FILE = "accuracy_size.svg"
+CURVES_PLOT_FILE = "training_curves.svg"
 REPORT_FILE = "report.json"
 REPORT_MD_FILE = "report.md"
 MANIFEST_FILE = "manifest.json"
@@ -34,9 +36,6 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-def _size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
-
 
 def collect_models(ctx: "BuildContext") -> list[dict]:
     """One row per produced model: path, precision, size, accuracy (as evaluated)."""
@@ -45,13 +44,13 @@ def collect_models(ctx: "BuildContext") -> list[dict]:
         if name in ctx.artifacts:
             path = ctx.artifacts[name]
             rows.append({"name": name, "kind": "keras", "path": path.name, "precision": "float32",
-                         "size_bytes": _size(path), "accuracy": ctx.metrics.get(name, {}).get("accuracy"),
+                         "size_bytes": path_size(path), "accuracy": ctx.metrics.get(name, {}).get("accuracy"),
                          "params": ctx.metrics.get(name, {}).get("params"), "evaluated_with": "tf_keras"})
     evaluation = ctx.metrics.get("evaluate", {})
     for name, path in ctx.artifacts_for(("tflite",)).items():
         result = evaluation.get("models", {}).get(name, {})
         rows.append({"name": name, "kind": "tflite", "path": path.name, "precision": name.removeprefix("tflite_"),
-                     "size_bytes": _size(path), "accuracy": result.get("accuracy"),
+                     "size_bytes": path_size(path), "accuracy": result.get("accuracy"),
                      "input_dtype": result.get("input_dtype"), "output_dtype": result.get("output_dtype"),
                      "evaluated_with": f"{evaluation.get('runtime')} {evaluation.get('runtime_version')}"})
     return rows
@@ -76,22 +75,28 @@ def write_reports(recipe: "Recipe", ctx: "BuildContext", hashes: dict[str, str],
     """Write report.json, report.md and manifest.json atomically; return their paths and the report."""
     out = ctx.out_dir
     models = collect_models(ctx)
+    dataset_info = _read_json(ctx.artifacts.get("dataset"))
     report = {
         "recipe": recipe.name,
         "recipe_hash": recipe.recipe_hash,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "dataset": ctx.metrics.get("data", {}),
+        # What the device side needs to feed the model the way it was trained.
+        "preprocessing": {k: dataset_info.get(k) for k in ("input_shape", "normalization", "class_names")},
         "models": models,
         "summary": summarize(models),
         "stages": timings,
         "total_wall_s": round(sum(t["wall_s"] for t in timings), 3),
     }
+    plots = _write_plots(ctx, models)
+    report["plots"] = [p.name for p in plots]
     report_path = write_json_atomic(out / REPORT_FILE, report)
     md_path = write_text_atomic(out / REPORT_MD_FILE, render_markdown(report))
-    artifacts = {name: {"path": str(path.relative_to(out)), "sha256": hashes[name], "size_bytes": _size(path)}
+    artifacts = {name: {"path": str(path.relative_to(out)), "sha256": hashes[name], "size_bytes": path_size(path)}
                  for name, path in sorted(ctx.artifacts.items())}
-    artifacts["report"] = {"path": REPORT_FILE, "sha256": sha256_file(report_path), "size_bytes": _size(report_path)}
-    artifacts["report_md"] = {"path": REPORT_MD_FILE, "sha256": sha256_file(md_path), "size_bytes": _size(md_path)}
+    artifacts["report"] = {"path": REPORT_FILE, "sha256": sha256_file(report_path), "size_bytes": path_size(report_path)}
+    for path in (md_path, *plots):
+        artifacts[path.stem] = {"path": path.name, "sha256": sha256_file(path), "size_bytes": path_size(path)}
     manifest = {
         "recipe": recipe.to_dict(),
         "recipe_hash": recipe.recipe_hash,
@@ -101,6 +106,22 @@ def write_reports(recipe: "Recipe", ctx: "BuildContext", hashes: dict[str, str],
     }
     manifest_path = write_json_atomic(out / MANIFEST_FILE, manifest)
     return {"report": report_path, "report_md": md_path, "manifest": manifest_path, "data": report}
+
+
+def _read_json(path: Path | None) -> dict:
+    import json
+
+    return json.loads(path.read_text()) if path else {}
+
+
+def _write_plots(ctx: "BuildContext", models: list[dict]) -> list[Path]:
+    from edgecnn.plots import accuracy_size_chart, training_curves_chart
+
+    written = [write_text_atomic(ctx.out_dir / ACCURACY_PLOT_FILE, accuracy_size_chart(models))]
+    curves = {name: ctx.metrics.get(name, {}).get("val_accuracy_per_epoch") for name in ("teacher", "student")}
+    if any(curves.values()):
+        written.append(write_text_atomic(ctx.out_dir / CURVES_PLOT_FILE, training_curves_chart(curves)))
+    return written
 
 
 def _pct(value) -> str:
@@ -130,7 +151,15 @@ def render_markdown(report: dict) -> str:
                          f"**{summary['int8_accuracy_drop_points']:.2f} points**")
         if "int8_size_ratio" in summary:
             lines.append(f"- int8 file size: **{summary['int8_size_ratio']:.2f}x** the float32 file")
-    lines += ["", "## Stages", "", "| stage | wall time | cached |", "|---|---|---|"]
+    for plot in report.get("plots", []):
+        lines += ["", f"![{plot}]({plot})"]
+    prep = report.get("preprocessing") or {}
+    if prep.get("normalization"):
+        norm = prep["normalization"]
+        lines += ["", "## Input", "",
+                  f"- shape {prep.get('input_shape')}, `x = (pixel - {norm.get('mean')}) / {norm.get('std')}` on 0..255 pixels",
+                  f"- classes: {', '.join(prep.get('class_names') or [])}"]
+    lines += ["", "## Stages", "", "| stage | this build | when computed | cached |", "|---|---|---|---|"]
     for t in report["stages"]:
-        lines.append(f"| {t['stage']} | {t['wall_s']:.1f} s | {'yes' if t['cached'] else 'no'} |")
+        lines.append(f"| {t['stage']} | {t['wall_s']:.1f} s | {t['compute_wall_s']:.1f} s | {'yes' if t['cached'] else 'no'} |")
     return "\n".join(lines) + "\n"

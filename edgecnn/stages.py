@@ -64,6 +64,10 @@ def _train_val_datasets(ctx: "BuildContext", batch_size: int, soft_targets=None)
     return train, val
 
 
+def _rounded(values) -> list[float]:
+    return [round(float(v), 5) for v in values or []]
+
+
 def _recalibrate(ctx: "BuildContext", model) -> None:
     """Fresh BatchNorm statistics from un-augmented training images (see recalibrate_batchnorm)."""
     from edgecnn.compress.train import recalibrate_batchnorm
@@ -145,7 +149,8 @@ def run_teacher(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
         train, val = _train_val_datasets(ctx, cfg.train.batch_size)
         history = train_classifier(model, train, val, len(ds.x_train), cfg.train, ctx.progress, "teacher")
         _recalibrate(ctx, model)
-        metrics.update(train_accuracy=_final(history, "accuracy"), val_accuracy=_final(history, "val_accuracy"))
+        metrics.update(train_accuracy=_final(history, "accuracy"), val_accuracy=_final(history, "val_accuracy"),
+                       val_accuracy_per_epoch=_rounded(history.get("val_accuracy")))
     metrics["params"] = int(model.count_params())
     metrics["accuracy"] = round(evaluate_classifier(model, _eval_dataset(ctx, ds.x_test, ds.y_test)), 5)
     return StageResult({"teacher": _save_keras(model, ctx.path(TEACHER_FILE))}, metrics)
@@ -177,6 +182,7 @@ def run_student(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
         "params": int(student.count_params()),
         "train_accuracy": _final(history, "accuracy"),
         "val_accuracy": _final(history, "val_accuracy"),
+        "val_accuracy_per_epoch": _rounded(history.get("val_accuracy")),
         "accuracy": round(evaluate_classifier(student, _eval_dataset(ctx, ds.x_test, ds.y_test)), 5),
     }
     return StageResult({"student": _save_keras(student, ctx.path(STUDENT_FILE))}, metrics)

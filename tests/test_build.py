@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from xml.etree import ElementTree
 
 import numpy as np
 import pytest
@@ -48,6 +49,12 @@ def test_every_stage_ran_and_report_lists_models(built):
     assert all(s["wall_s"] >= 0 for s in report["stages"])
     md = result.report_md_path.read_text()
     assert "student_int8.tflite" in md and "int8 accuracy drop" in md
+    assert set(report["plots"]) == {"accuracy_size.svg", "training_curves.svg"}
+    for plot in report["plots"]:
+        root = ElementTree.parse(result.out_dir / plot).getroot()
+        assert root.tag.endswith("svg") and f"![{plot}]" in md
+    assert report["preprocessing"]["input_shape"] == [32, 32, 3]
+    assert len(report["preprocessing"]["class_names"]) == 10
 
 
 def test_int8_model_has_int8_weights_and_requested_io(built):
