@@ -96,3 +96,15 @@ def test_schema_is_json_schema():
 def test_list_names_registered_models():
     proc = run("list")
     assert "mobilenet_v2" in proc.stdout and "vgg_small" in proc.stdout and "ResNet50" in proc.stdout
+
+
+def test_missing_dataset_is_one_line_exit_3(tmp_path):
+    empty = tmp_path / "my_images"
+    empty.mkdir()
+    out = tmp_path / "out"
+    proc = run("build", "recipes/quickstart.yaml", "--out", str(out), "--quiet",
+               "--set", "data.source=image_folder", "--set", f"data.path={empty}")
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(errors) == 1 and "my_images" in errors[0]
+    assert not list(out.glob("*.tflite")) and not list(out.glob("*.keras")) and not (out / "report.json").exists()
