@@ -137,5 +137,51 @@ def list_models() -> None:
     click.echo("teachers: " + ", ".join(list_teachers()))
 
 
+@main.command("bench")
+@click.argument("model", required=False, type=click.Path(dir_okay=False))
+@click.option("--target", default="local", show_default=True,
+              help="local, ssh://user@host[:port], coral[:usb|:pci][:N] or android[:SERIAL].")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="CPU threads.")
+@click.option("--runs", type=click.IntRange(min=1), default=100, show_default=True, help="Timed inferences.")
+@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Untimed inferences before timing.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=300.0,
+              show_default=True, help="Seconds before the benchmark process is killed.")
+@click.option("--inputs", "inputs_npz", type=click.Path(dir_okay=False),
+              help=".npz with x (and y labels): device-side outputs checksum and accuracy.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--out", "out_path", type=click.Path(),
+              help="Append the result to this run directory (bench.jsonl) or .jsonl file.")
+@click.option("--compare", "compare_paths", nargs=2, type=click.Path(dir_okay=False), metavar="A B",
+              help="Compare two saved results (the last one in each file) instead of running.")
+def bench(model: str | None, target: str, threads: int, runs: int, warmup: int, timeout_s: float,
+          inputs_npz: str | None, as_json: bool, out_path: str | None, compare_paths: tuple[str, ...]) -> None:
+    """Benchmark MODEL.tflite on a target: latency, init, memory, device-side accuracy."""
+    from edgecnn.errors import DeviceError
+
+    if compare_paths:
+        from edgecnn.bench.schema import compare, format_compare, load_results
+
+        a, b = (load_results(p) for p in compare_paths)
+        if not a or not b:
+            raise DeviceError("a results file holds no results; pass files written by 'edgecnn bench --json' or --out")
+        rows = compare(a[-1], b[-1])
+        click.echo(json.dumps([row.__dict__ for row in rows], indent=2) if as_json
+                   else format_compare(rows, *compare_paths))
+        return
+    if model is None:
+        raise click.UsageError("give MODEL.tflite to benchmark, or --compare A.json B.json")
+    from edgecnn.bench.harness import run_benchmark
+    from edgecnn.bench.schema import append_result, format_result
+
+    result = run_benchmark(model, target, threads=threads, runs=runs, warmup=warmup,
+                           timeout_s=timeout_s, inputs_npz=inputs_npz)
+    if out_path:
+        click.echo(f"result appended to {append_result(out_path, result)}", err=True)
+    click.echo(json.dumps(result, indent=2) if as_json else format_result(result))
+    if result["status"] != "ok":
+        sys.exit(DeviceError.exit_code)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
