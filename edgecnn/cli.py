@@ -139,24 +139,46 @@ def list_models() -> None:
 
 @main.command("bench")
 @click.argument("model", required=False, type=click.Path(dir_okay=False))
-@click.option("--target", default="local", show_default=True,
-              help="local, ssh://user@host[:port], coral[:usb|:pci][:N] or android[:SERIAL].")
+@click.option("--target", "targets", multiple=True, default=("local",), show_default=True,
+              help="local, ssh://user@host[:port], coral[:usb|:pci][:N] or android[:SERIAL]; repeat to "
+                   "benchmark on several targets in one go.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="CPU threads.")
 @click.option("--runs", type=click.IntRange(min=1), default=100, show_default=True, help="Timed inferences.")
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True,
               help="Untimed inferences before timing.")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=300.0,
-              show_default=True, help="Seconds before the benchmark process is killed.")
+              show_default=True, help="Seconds before the benchmark process is killed (per target).")
 @click.option("--inputs", "inputs_npz", type=click.Path(dir_okay=False),
               help=".npz with x (and y labels): device-side outputs checksum and accuracy.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (a list for several targets).")
 @click.option("--out", "out_path", type=click.Path(),
-              help="Append the result to this run directory (bench.jsonl) or .jsonl file.")
+              help="Append each result to this run directory (bench.jsonl) or .jsonl file.")
 @click.option("--compare", "compare_paths", nargs=2, type=click.Path(dir_okay=False), metavar="A B",
               help="Compare two saved results (the last one in each file) instead of running.")
-def bench(model: str | None, target: str, threads: int, runs: int, warmup: int, timeout_s: float,
-          inputs_npz: str | None, as_json: bool, out_path: str | None, compare_paths: tuple[str, ...]) -> None:
-    """Benchmark MODEL.tflite on a target: latency, init, memory, device-side accuracy."""
+@click.option("--remote-python", default="python3", show_default=True,
+              help="ssh targets: the device's Python (a name on its PATH, or e.g. ~/venv/bin/python).")
+@click.option("--identity", type=click.Path(dir_okay=False), help="ssh targets: private key file (ssh -i).")
+@click.option("--known-hosts", type=click.Path(dir_okay=False),
+              help="ssh targets: known-hosts file to check host keys in (default ~/.ssh/known_hosts).")
+@click.option("--accept-new-host-key", is_flag=True,
+              help="ssh targets: trust and record the key of a host never seen before (a changed key is still refused).")
+@click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="ssh targets: seconds to wait for the connection.")
+@click.option("--benchmark-binary", type=click.Path(dir_okay=False),
+              help="android targets: TFLite benchmark_model for the phone (else /data/local/tmp/benchmark_model).")
+@click.option("--android-delegate", type=click.Choice(["none", "xnnpack", "gpu", "nnapi"]), default="none",
+              show_default=True, help="android targets: benchmark_model delegate.")
+@click.option("--debug-hang-target", "hang_targets", multiple=True, hidden=True)  # test hook: runner sleeps
+def bench(model: str | None, targets: tuple[str, ...], threads: int, runs: int, warmup: int, timeout_s: float,
+          inputs_npz: str | None, as_json: bool, out_path: str | None, compare_paths: tuple[str, ...],
+          remote_python: str, identity: str | None, known_hosts: str | None, accept_new_host_key: bool,
+          connect_timeout: float, benchmark_binary: str | None, android_delegate: str,
+          hang_targets: tuple[str, ...]) -> None:
+    """Benchmark MODEL.tflite on one or more targets: latency, init, memory, device-side accuracy.
+
+    Every target is checked before the first runs; a target that fails on the device is
+    reported and the next one still runs. The exit code is non-zero when any failed.
+    """
     from edgecnn.errors import DeviceError
 
     if compare_paths:
@@ -171,16 +193,103 @@ def bench(model: str | None, target: str, threads: int, runs: int, warmup: int, 
         return
     if model is None:
         raise click.UsageError("give MODEL.tflite to benchmark, or --compare A.json B.json")
-    from edgecnn.bench.harness import run_benchmark
+    from pathlib import Path
+
+    from edgecnn.bench.harness import AdbOptions, SshOptions, run_benchmarks
     from edgecnn.bench.schema import append_result, format_result
 
-    result = run_benchmark(model, target, threads=threads, runs=runs, warmup=warmup,
-                           timeout_s=timeout_s, inputs_npz=inputs_npz)
-    if out_path:
-        click.echo(f"result appended to {append_result(out_path, result)}", err=True)
-    click.echo(json.dumps(result, indent=2) if as_json else format_result(result))
-    if result["status"] != "ok":
+    ssh = SshOptions(remote_python=remote_python, identity=Path(identity) if identity else None,
+                     known_hosts=Path(known_hosts) if known_hosts else None,
+                     accept_new_host_key=accept_new_host_key, connect_timeout_s=connect_timeout)
+    adb = AdbOptions(benchmark_binary=Path(benchmark_binary) if benchmark_binary else None,
+                     delegate=android_delegate)
+
+    def report(result: dict) -> None:
+        if out_path:
+            click.echo(f"result appended to {append_result(out_path, result)}", err=True)
+        if not as_json:
+            click.echo(format_result(result))
+
+    results = run_benchmarks(model, targets, on_result=report, threads=threads, runs=runs, warmup=warmup,
+                             timeout_s=timeout_s, inputs_npz=inputs_npz, ssh=ssh, adb=adb,
+                             extra_runner_args={t: ["--debug-hang"] for t in hang_targets})
+    if as_json:
+        click.echo(json.dumps(results[0] if len(results) == 1 else results, indent=2))
+    failed = [r["target"] for r in results if r["status"] != "ok"]
+    if failed:
+        if len(results) > 1:
+            click.echo(f"{len(failed)} of {len(results)} targets failed: {', '.join(failed)}", err=True)
         sys.exit(DeviceError.exit_code)
+
+
+@main.command("bundle")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Bundle folder to write (replaced).")
+@click.option("--model", "which", type=click.Choice(["int8", "float32", "all"]), default="int8", show_default=True,
+              help="Which model(s) of the run to ship.")
+@click.option("--samples", type=click.IntRange(min=1), default=32, show_default=True, help="Golden test images per model.")
+def bundle(run_dir: str, out_dir: str, which: str, samples: int) -> None:
+    """Pack RUN_DIR's model, labels, golden samples and the device runner into a checked folder."""
+    from edgecnn.export.bundle import write_bundle
+
+    out = write_bundle(run_dir, out_dir, model=which, samples=samples)
+    click.echo(f"bundle: {out} (check it with: edgecnn verify {out})")
+
+
+@main.command("verify")
+@click.argument("bundle_dir", type=click.Path(file_okay=False))
+@click.option("--target", default="local", show_default=True, help="Where to run the golden inputs: local, coral[:usb|:pci] or ssh://user@host[:port].")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Interpreter threads.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=300.0, show_default=True,
+              help="Seconds before a runner process is killed.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def verify(bundle_dir: str, target: str, threads: int, timeout_s: float, as_json: bool) -> None:
+    """Check BUNDLE_DIR's sha256s, then run its golden inputs on the target and compare with the host."""
+    from edgecnn.errors import DeviceError
+    from edgecnn.export.bundle import format_verify, verify_bundle
+
+    report = verify_bundle(bundle_dir, target=target, timeout_s=timeout_s, threads=threads)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_verify(report))
+    if not report.ok:
+        sys.exit(DeviceError.exit_code)
+
+
+@main.command("demo")
+@click.option("--model", required=True, type=click.Path(), help="A .tflite with metadata, or a bundle folder.")
+@click.option("--source", required=True, help="Camera index (0), /dev/videoN, a video file or a folder of images.")
+@click.option("--top-k", "top", type=click.IntRange(min=1), default=3, show_default=True, help="Labels to show.")
+@click.option("--threshold", type=float, default=0.0, show_default=True, help="Hide labels scoring below this.")
+@click.option("--threads", type=click.IntRange(min=1), help="Interpreter threads (default: the runtime's).")
+@click.option("--delegate", help="'edgetpu' (for *_edgetpu.tflite), or the path of a delegate library.")
+@click.option("--headless", is_flag=True, help="No window; use --out and/or --log.")
+@click.option("--out", "out_video", type=click.Path(dir_okay=False), help="Write the annotated video (.mp4 or .avi).")
+@click.option("--log", "log_path", type=click.Path(dir_okay=False),
+              help="Write one JSON line per frame: predictions and timings.")
+@click.option("--max-frames", type=click.IntRange(min=1), help="Stop after this many frames.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def demo(model: str, source: str, top: int, threshold: float, threads: int | None, delegate: str | None,
+         headless: bool, out_video: str | None, log_path: str | None, max_frames: int | None, as_json: bool) -> None:
+    """Classify camera frames live: top-k labels, inference time and FPS on the picture (q or Esc quits)."""
+    from edgecnn.demo.app import format_summary, run_demo
+
+    summary = run_demo(model, source, top=top, threshold=threshold, threads=threads, delegate=delegate,
+                       headless=headless, out=out_video, log=log_path, max_frames=max_frames)
+    click.echo(json.dumps(summary.to_dict(), indent=2) if as_json else format_summary(summary))
+
+
+@main.command("compile")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--target", type=click.Choice(["edgetpu"]), default="edgetpu", show_default=True,
+              help="Accelerator to compile for (the Coral Edge TPU, with edgetpu_compiler).")
+@click.option("--fail-on-cpu-ops", is_flag=True, help="Fail (exit 4) when any operation would run on the CPU.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Output folder (default: the model's).")
+def compile_command(model: str, target: str, fail_on_cpu_ops: bool, out_dir: str | None) -> None:
+    """Compile MODEL.tflite (full-integer int8) for an accelerator; print where ops run."""
+    from edgecnn.export.edgetpu import compile_edgetpu, format_compile_summary
+
+    result = compile_edgetpu(model, out_dir, fail_on_cpu_ops=fail_on_cpu_ops)
+    click.echo(format_compile_summary(result.parsed, result.model))
+    click.echo(f"report: {result.report}" + (f" (compiler log: {result.log})" if result.log else ""))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -38,6 +38,6 @@ class DeviceError(EdgecnnError):
 
 
 class MissingDependencyError(EdgecnnError):
-    """An optional dependency is not installed; the message names the pip extra."""
+    """An optional dependency is not installed; the message names the pip extra or the package."""
 
     exit_code = 6

@@ -70,13 +70,19 @@ STAGES: tuple[Stage, ...] = (
           lambda r: f"{r.student.architecture} alpha {r.student.alpha:g}, "
                     + (f"distilled at T={r.distill.temperature:g}, alpha={r.distill.alpha:g}" if r.distill.enabled else "hard labels only")
                     + f", {r.distill.train.epochs} epochs"),
-    Stage("export", ("export",), ("student",), _stages.run_export, lambda r: bool(r.export.formats),
+    Stage("export", ("export",), ("dataset", "student"), _stages.run_export, lambda r: bool(r.export.formats),
           lambda r: "TFLite " + ", ".join(r.export.formats)),
     Stage("quantize", ("quantize", "seed"), ("dataset", "student"), _stages.run_quantize, lambda r: r.quantize.int8,
           lambda r: f"post-training int8, {r.quantize.io_dtype} I/O, "
                     f"{r.quantize.calibration_samples or r.data.representative_samples} calibration images"),
     Stage("evaluate", ("evaluate",), ("dataset", "tflite"), _stages.run_evaluate, lambda r: True,
           lambda r: "test-split accuracy of every .tflite on ai-edge-litert"),
+    Stage("bundle", ("export",), ("dataset", "tflite", "evaluation"), _stages.run_bundle, lambda r: r.export.bundle,
+          lambda r: "deploy bundle in bundle/: models, labels, golden samples, device runner"),
+    # Cached like the others (config + model and data content); re-measure by changing
+    # the bench section or deleting stages/bench.json.
+    Stage("bench", ("bench",), ("dataset", "tflite"), _stages.run_bench, lambda r: bool(r.bench),
+          lambda r: "every .tflite on " + ", ".join(t.target for t in r.bench) + ", device-side accuracy"),
 )
 
 

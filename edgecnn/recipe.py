@@ -163,6 +163,7 @@ class ExportConfig(_Section):
     """Float TFLite export; see edgecnn.export.formats for the table of formats."""
 
     formats: list[Literal["float32", "float16"]] = Field(["float32"], description="Float TFLite flavours to write besides the int8 model.")
+    bundle: bool = Field(False, description="Also write a deploy bundle to <run dir>/bundle/: models, labels, golden samples, device runner (see `edgecnn bundle`).")
 
 
 class EvaluateConfig(_Section):
@@ -170,6 +171,40 @@ class EvaluateConfig(_Section):
 
     batch_size: int = Field(256, ge=1, le=8192, description="Images per batch for Keras evaluation.")
     threads: int = Field(2, ge=1, le=64, description="Interpreter threads for evaluating .tflite files.")
+
+
+class BenchTarget(_Section):
+    """One device the built .tflite models are benchmarked on (as `edgecnn bench` does)."""
+
+    target: str = Field(..., description="local, ssh://user@host[:port], coral[:usb|:pci][:N] or android[:SERIAL].")
+    threads: int = Field(1, ge=1, le=64, description="CPU threads for the interpreter.")
+    runs: int = Field(100, ge=1, le=100000, description="Timed inferences.")
+    warmup: int = Field(10, ge=0, le=10000, description="Untimed inferences before timing.")
+    timeout_s: float = Field(300.0, gt=0.0, le=86400.0, description="Seconds before the benchmark on the device is killed.")
+    samples: int = Field(500, ge=0, le=10000, description="Test-split images sent along for device-side accuracy (0 = timing only).")
+    remote_python: str = Field("python3", min_length=1, description="ssh targets: the device's Python, a name on its PATH or a path such as ~/venv/bin/python.")
+    identity: Optional[Path] = Field(None, description="ssh targets: private key file (ssh -i); default: ssh's own keys.")
+    known_hosts: Optional[Path] = Field(None, description="ssh targets: known-hosts file (default ~/.ssh/known_hosts); host keys are always checked.")
+    benchmark_binary: Optional[Path] = Field(None, description="android targets: TFLite benchmark_model for the phone (default /data/local/tmp/benchmark_model on it).")
+
+    @field_validator("target")
+    @classmethod
+    def _known_target(cls, v: str) -> str:
+        from edgecnn.bench.targets import parse_target
+        from edgecnn.errors import DeviceError
+
+        try:
+            parse_target(v)
+        except DeviceError as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
+    @field_validator("identity", "benchmark_binary")
+    @classmethod
+    def _file_exists(cls, v: Optional[Path]) -> Optional[Path]:
+        if v is not None and not v.expanduser().is_file():
+            raise ValueError(f"'{v}' does not exist (relative paths start at the current directory); fix the path")
+        return v
 
 
 def _reserved(section: str, issue_hint: str) -> Any:
@@ -190,7 +225,7 @@ class Recipe(_Section):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Evaluation of every model on the test split.")
     prune: Optional[dict] = _reserved("prune", "magnitude pruning")
     qat: Optional[dict] = _reserved("qat", "quantization-aware training")
-    bench: Optional[list] = _reserved("bench", "on-device benchmark targets")
+    bench: list[BenchTarget] = Field(default_factory=list, description="Devices to benchmark the built .tflite models on after evaluation (empty = no bench stage).")
 
     @model_validator(mode="after")
     def _paths_exist(self) -> "Recipe":
@@ -206,7 +241,12 @@ class Recipe(_Section):
             raise ValueError("ImageNet weights need RGB input; set data.channels: 3")
         return self
 
-    @field_validator("prune", "qat", "bench")
+    @field_validator("bench", mode="before")
+    @classmethod
+    def _no_bench(cls, v: Any) -> Any:
+        return [] if v is None else v  # `bench: null` means no targets
+
+    @field_validator("prune", "qat")
     @classmethod
     def _not_yet(cls, v: Any, info) -> Any:
         if v is not None:

@@ -87,6 +87,7 @@ def write_reports(recipe: "Recipe", ctx: "BuildContext", hashes: dict[str, str],
         "summary": summarize(models),
         "stages": timings,
         "total_wall_s": round(sum(t["wall_s"] for t in timings), 3),
+        "bench": ctx.metrics.get("bench", {}).get("results", []),
     }
     plots = _write_plots(ctx, models)
     report["plots"] = [p.name for p in plots]
@@ -159,6 +160,15 @@ def render_markdown(report: dict) -> str:
         lines += ["", "## Input", "",
                   f"- shape {prep.get('input_shape')}, `x = (pixel - {norm.get('mean')}) / {norm.get('std')}` on 0..255 pixels",
                   f"- classes: {', '.join(prep.get('class_names') or [])}"]
+    if report.get("bench"):
+        lines += ["", "## On-device benchmarks", "", "| target | model | p50 latency | accuracy | status |",
+                  "|---|---|---|---|---|"]
+        for r in report["bench"]:
+            lat = r.get("latency_ms") or {}
+            p50 = lat.get("p50") if lat.get("p50") is not None else lat.get("mean")
+            status = "ok" if r["status"] == "ok" else f"failed: {r.get('reason')}".replace("|", "/")
+            lines.append(f"| {r['target']} | `{Path(r['model']['path']).name}` | "
+                         f"{'-' if p50 is None else f'{p50:.3f} ms'} | {_pct(r.get('accuracy'))} | {status} |")
     lines += ["", "## Stages", "", "| stage | this build | when computed | cached |", "|---|---|---|---|"]
     for t in report["stages"]:
         lines.append(f"| {t['stage']} | {t['wall_s']:.1f} s | {t['compute_wall_s']:.1f} s | {'yes' if t['cached'] else 'no'} |")

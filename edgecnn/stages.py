@@ -22,6 +22,7 @@ DATASET_FILE = "dataset.json"
 TEACHER_FILE = "teacher.keras"
 STUDENT_FILE = "student.keras"
 EVALUATION_FILE = "evaluation.json"
+BUNDLE_DIR = "bundle"
 
 
 @dataclass
@@ -87,6 +88,22 @@ def _load_model(path, what: str | None = None):
     from edgecnn.models.teachers import load_keras_model
 
     return load_keras_model(path, what=what or Path(path).name)
+
+
+def _add_metadata(path: Path, recipe: "Recipe", ctx: "BuildContext") -> Path:
+    """Write labels and input normalization into the .tflite (standard TFLite metadata)."""
+    import json
+
+    from edgecnn import __version__
+    from edgecnn.export.metadata import write_metadata
+
+    info = json.loads(Path(ctx.artifacts["dataset"]).read_text())
+    classes = info["class_names"]
+    write_metadata(path, classes, info["normalization"],
+                   input_color="RGB" if recipe.data.channels == 3 else "GRAYSCALE", name=recipe.name,
+                   description=f"{recipe.student.architecture} image classifier, {len(classes)} classes (edgecnn)",
+                   version=__version__, out=path)
+    return path
 
 
 def _seed_everything(seed: int) -> None:
@@ -189,7 +206,7 @@ def run_student(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
 
 
 def run_export(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
-    """Convert the student to each float TFLite format in ``export.formats``."""
+    """Convert the student to each float TFLite format in ``export.formats``, with TFLite metadata."""
     from edgecnn.export.formats import get_format
     from edgecnn.export.tflite import convert_float, inference_model
 
@@ -197,12 +214,12 @@ def run_export(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
     produced = {}
     for name in recipe.export.formats:
         fmt = get_format(name)
-        produced[f"tflite_{fmt.name}"] = convert_float(model, fmt, ctx.path(fmt.filename))
+        produced[f"tflite_{fmt.name}"] = _add_metadata(convert_float(model, fmt, ctx.path(fmt.filename)), recipe, ctx)
     return StageResult(produced, {})
 
 
 def run_quantize(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
-    """Full-integer post-training quantization, calibrated on un-augmented training images."""
+    """Full-integer post-training quantization, calibrated on un-augmented training images; with metadata."""
     from edgecnn.data import representative_images
     from edgecnn.export.formats import get_format
     from edgecnn.export.tflite import convert_int8, inference_model
@@ -213,6 +230,7 @@ def run_quantize(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
     model = inference_model(_load_model(ctx.artifacts["student"]))
     fmt = get_format("int8")
     path = convert_int8(model, calibration, recipe.quantize.io_dtype, ctx.path(fmt.filename))
+    _add_metadata(path, recipe, ctx)
     return StageResult({"tflite_int8": path}, {"calibration_samples": int(len(calibration)),
                                                 "io_dtype": recipe.quantize.io_dtype})
 
@@ -243,4 +261,72 @@ def run_evaluate(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
     return StageResult({"evaluation": path}, evaluation)
 
 
-__all__ = ["StageResult", "run_data", "run_evaluate", "run_export", "run_quantize", "run_student", "run_teacher"]
+def run_bundle(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
+    """A deploy bundle of every produced model in ``bundle/`` (see edgecnn.export.bundle)."""
+    from edgecnn.export.bundle import write_bundle
+
+    path = write_bundle(ctx.out_dir, ctx.path(BUNDLE_DIR), model="all", recipe=recipe)
+    ctx.progress.line(f"    {path}: verify it with 'edgecnn verify {path}'")
+    return StageResult({"bundle": path}, {})
+
+
+def run_bench(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
+    """Benchmark every .tflite (int8 first, then float) on each ``bench`` target.
+
+    Each target gets the first ``samples`` test-split images (normalized, as
+    ``bench_samples_<n>.npz``) for device-side accuracy. Results are appended to
+    ``bench.jsonl`` in the run directory (the file ``edgecnn bench --out RUN_DIR`` also
+    appends to) and kept in the stage metrics, which the report shows under ``bench``.
+    A target that fails -- unreachable, timed out, bad options -- is recorded as a failed
+    result, never fatal to the build.
+
+    Cached like every stage, by the ``bench`` section and the content of the models and
+    data: re-measure with a changed ``bench`` section (``--set``) or by deleting
+    ``stages/bench.json``.
+    """
+    import numpy as np
+
+    from edgecnn.bench.harness import AdbOptions, SshOptions, run_benchmarks
+    from edgecnn.bench.schema import append_result, failed_result, model_info
+    from edgecnn.errors import EdgecnnError
+
+    ds = ctx.dataset
+    models = sorted(ctx.artifacts_for(("tflite",)).items(), key=lambda item: (item[0] != "tflite_int8", item[0]))
+    produced: dict[str, Path] = {}
+    for n in sorted({t.samples for t in recipe.bench if t.samples}):
+        count = min(n, len(ds.y_test))
+        with atomic_path(ctx.path(f"bench_samples_{n}.npz")) as tmp:
+            np.savez(tmp, x=ds.normalization.apply(ds.x_test[:count]).astype(np.float32),
+                     y=np.asarray(ds.y_test[:count]))
+        produced[f"bench_samples_{n}"] = ctx.path(f"bench_samples_{n}.npz")
+    results = []
+    for cfg in recipe.bench:
+        settings = dict(threads=cfg.threads, runs=cfg.runs, warmup=cfg.warmup, timeout_s=cfg.timeout_s,
+                        inputs_npz=produced.get(f"bench_samples_{cfg.samples}"),
+                        ssh=SshOptions(remote_python=cfg.remote_python, identity=cfg.identity,
+                                       known_hosts=cfg.known_hosts),
+                        adb=AdbOptions(benchmark_binary=cfg.benchmark_binary))
+        for name, path in models:
+            try:
+                result = run_benchmarks(path, [cfg.target], **settings)[0]
+            except EdgecnnError as exc:  # bad options for this target: recorded, not fatal
+                result = failed_result(cfg.target, model_info(path), str(exc), threads=cfg.threads, runs=cfg.runs,
+                                       warmup=cfg.warmup)
+            append_result(ctx.out_dir, result)
+            results.append(result)
+            ctx.progress.line(f"    {cfg.target}: {path.name}: " + _bench_note(result))
+    failed = sum(r["status"] != "ok" for r in results)
+    return StageResult(produced, {"results": results, "failed": failed, "results_file": "bench.jsonl"})
+
+
+def _bench_note(result: dict) -> str:
+    if result["status"] != "ok":
+        return f"FAILED: {result['reason']}"
+    lat = result["latency_ms"]
+    note = f"p50 {lat['p50'] if lat['p50'] is not None else lat['mean']:.3f} ms"
+    if result.get("accuracy") is not None:
+        note += f", accuracy {result['accuracy'] * 100:.2f}% on {result['samples']} test images"
+    return note
+
+
+__all__ = ["StageResult", "run_bench", "run_bundle", "run_data", "run_evaluate", "run_export", "run_quantize", "run_student", "run_teacher"]

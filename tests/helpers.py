@@ -56,3 +56,132 @@ def assert_raised_error(exc_info, error_type: type, *needles: str) -> str:
     for needle in needles:
         assert needle in message, (needle, message)
     return message
+
+
+FASHION_LABELS = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                  "Ankle boot")
+
+
+def build_tiny_classifier(directory: Path, io_dtype: str = "int8", metadata: bool = True,
+                          size: int = 32, channels: int = 3) -> Path:
+    """A small 10-class image classifier .tflite (int8 via edgecnn's converter, or float32).
+
+    The network is untrained but not trivial (conv + pooling + dense + softmax), so its
+    outputs differ between inputs. With ``metadata`` it carries FASHION_LABELS and
+    mean/std 127.5 as TFLite metadata.
+    """
+    import numpy as np
+
+    from edgecnn._tf import keras
+    from edgecnn.export.formats import get_format
+    from edgecnn.export.tflite import convert_float, convert_int8, inference_model
+
+    k = keras()
+    k.utils.set_random_seed(0)
+    inputs = k.layers.Input((size, size, channels))
+    x = k.layers.Conv2D(8, 3, strides=2, activation="relu")(inputs)
+    x = k.layers.Conv2D(8, 3, strides=2, activation="relu")(x)
+    x = k.layers.GlobalAveragePooling2D()(x)
+    model = inference_model(k.Model(inputs, k.layers.Dense(len(FASHION_LABELS))(x), name="tiny"))
+    path = Path(directory) / f"tiny_{io_dtype}.tflite"
+    if io_dtype == "float32":
+        convert_float(model, get_format("float32"), path)
+    else:
+        calibration = np.random.RandomState(0).uniform(-1, 1, (32, size, size, channels)).astype(np.float32)
+        convert_int8(model, calibration, io_dtype, path)
+    if metadata:
+        from edgecnn.export.metadata import write_metadata
+
+        write_metadata(path, FASHION_LABELS, ([127.5], [127.5]), input_color="RGB" if channels == 3 else "GRAYSCALE",
+                       name="tiny", description="test classifier", version="0.0.1", out=path)
+    return path
+
+
+# ------------------------------------------------------------------ benchmark models
+
+BENCH_INPUT_SHAPE = (12, 12, 1)
+
+
+def toy_band_data(n: int, seed: int):
+    """Images whose class is which of three vertical bands is bright: ``(x float32, y int)``."""
+    import numpy as np
+
+    rng = np.random.RandomState(seed)
+    y = rng.randint(0, 3, n)
+    x = rng.rand(n, *BENCH_INPUT_SHAPE).astype(np.float32) * 0.3
+    for i, c in enumerate(y):
+        x[i, :, c * 4:(c + 1) * 4, :] += 0.7
+    return x, y
+
+
+def build_bench_models(out: Path) -> dict[str, Path]:
+    """A tiny int8 classifier, a copy carrying the Edge TPU custom op, and labelled samples.
+
+    Returns:
+        ``{"int8": ..., "edgetpu": ..., "npz": ...}`` paths under ``out``; the ``.npz``
+        holds 40 float samples ``x`` and integer labels ``y``.
+    """
+    import warnings
+
+    import numpy as np
+
+    from edgecnn._tf import keras, tensorflow
+
+    tf, k = tensorflow(), keras()
+    k.utils.set_random_seed(0)
+    model = k.Sequential([k.layers.Input(BENCH_INPUT_SHAPE), k.layers.Conv2D(4, 3, activation="relu"),
+                          k.layers.Flatten(), k.layers.Dense(3)])
+    x, y = toy_band_data(256, seed=0)
+    model.compile("adam", k.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = lambda: ([x[i:i + 1]] for i in range(32))
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = tf.int8
+    conv.inference_output_type = tf.int8
+    paths = {"int8": out / "tiny_int8.tflite"}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
+        paths["int8"].write_bytes(conv.convert())
+    paths["edgetpu"] = with_edgetpu_custom_op(paths["int8"], out / "tiny_int8_edgetpu.tflite")
+    xs, ys = toy_band_data(40, seed=1)
+    paths["npz"] = out / "samples.npz"
+    np.savez(paths["npz"], x=xs, y=ys)
+    return paths
+
+
+def with_edgetpu_custom_op(src: Path, dst: Path) -> Path:
+    """Copy of ``src`` whose first operator is the Edge TPU compiler's custom op.
+
+    Stands in for a real ``*_edgetpu.tflite`` (edgetpu_compiler is x86 Linux only and not
+    installed here): what the harness checks is the op code table, not the payload.
+    """
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(bytearray(src.read_bytes()), 0)
+    code = schema.OperatorCodeT()
+    code.builtinCode = code.deprecatedBuiltinCode = 32  # BuiltinOperator.CUSTOM
+    code.customCode = "edgetpu-custom-op"
+    code.version = 1
+    model.operatorCodes.append(code)
+    model.subgraphs[0].operators[0].opcodeIndex = len(model.operatorCodes) - 1
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    dst.write_bytes(bytes(builder.Output()))
+    return dst
+
+
+def assert_failed_result(result: dict, *needles: str) -> str:
+    """A valid benchmark result with ``status: "failed"`` and a one-line reason containing ``needles``."""
+    from edgecnn.bench.schema import validate_result
+
+    assert validate_result(result) == result
+    assert result["status"] == "failed", result
+    reason = result["reason"]
+    assert reason and "\n" not in reason and "Traceback" not in reason, reason
+    for needle in needles:
+        assert needle in reason, (needle, reason)
+    assert result["latency_ms"] is None
+    return reason

@@ -15,7 +15,6 @@ import math
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -46,72 +45,17 @@ from edgecnn.errors import DeviceError, ModelFileError
 
 REPO = Path(__file__).resolve().parents[1]
 EDGECNN = [sys.executable, "-m", "edgecnn.cli"]
-INPUT_SHAPE = (12, 12, 1)
 
 
 # ---------------------------------------------------------------------------- fixtures
 
 
-def _toy_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Images whose class is which of three vertical bands is bright."""
-    rng = np.random.RandomState(seed)
-    y = rng.randint(0, 3, n)
-    x = rng.rand(n, *INPUT_SHAPE).astype(np.float32) * 0.3
-    for i, c in enumerate(y):
-        x[i, :, c * 4:(c + 1) * 4, :] += 0.7
-    return x, y
-
-
 @pytest.fixture(scope="session")
-def models(tmp_path_factory):
-    """A tiny int8 classifier, a copy carrying the Edge TPU custom op, and labelled samples."""
-    from edgecnn._tf import keras, tensorflow
-
-    tf, k = tensorflow(), keras()
-    k.utils.set_random_seed(0)
-    model = k.Sequential([k.layers.Input(INPUT_SHAPE), k.layers.Conv2D(4, 3, activation="relu"),
-                          k.layers.Flatten(), k.layers.Dense(3)])
-    x, y = _toy_data(256, seed=0)
-    model.compile("adam", k.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x, y, epochs=2, batch_size=32, verbose=0)
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = lambda: ([x[i:i + 1]] for i in range(32))
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = tf.int8
-    conv.inference_output_type = tf.int8
-    out = tmp_path_factory.mktemp("bench")
-    paths = {"int8": out / "tiny_int8.tflite"}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
-        paths["int8"].write_bytes(conv.convert())
-    paths["edgetpu"] = _with_edgetpu_custom_op(paths["int8"], out / "tiny_int8_edgetpu.tflite")
-    xs, ys = _toy_data(40, seed=1)
-    paths["npz"] = out / "samples.npz"
-    np.savez(paths["npz"], x=xs, y=ys)
-    return paths
-
-
-def _with_edgetpu_custom_op(src: Path, dst: Path) -> Path:
-    """Copy of ``src`` whose first operator is the Edge TPU compiler's custom op.
-
-    Stands in for a real ``*_edgetpu.tflite`` (edgetpu_compiler is x86 Linux only and not
-    installed here): what the harness checks is the op code table, not the payload.
-    """
-    import flatbuffers
-    from ai_edge_litert import schema_py_generated as schema
-
-    model = schema.ModelT.InitFromPackedBuf(bytearray(src.read_bytes()), 0)
-    code = schema.OperatorCodeT()
-    code.builtinCode = code.deprecatedBuiltinCode = 32  # BuiltinOperator.CUSTOM
-    code.customCode = "edgetpu-custom-op"
-    code.version = 1
-    model.operatorCodes.append(code)
-    model.subgraphs[0].operators[0].opcodeIndex = len(model.operatorCodes) - 1
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    dst.write_bytes(bytes(builder.Output()))
-    return dst
+def models(bench_models):
+    """A tiny int8 classifier, a copy carrying the Edge TPU custom op, and labelled samples
+    (built once per session by ``helpers.build_bench_models``, shared with the SSH, adb and
+    compile tests)."""
+    return bench_models
 
 
 @pytest.fixture(scope="module")
@@ -792,8 +736,9 @@ def test_bench_cli_bad_input_is_one_line(models, tmp_path):
     text.write_text("hello, this is text\n")
     assert_one_line_error(_cli("bench", str(text)), 4, "not a TFLite flatbuffer")
     assert_one_line_error(_cli("bench", str(models["edgetpu"])), 5, "--target coral")
-    assert_one_line_error(_cli("bench", str(models["int8"]), "--target", "ssh://pi@raspberrypi"), 5,
-                          "not implemented yet")
+    # Bad SSH options fail before any connection is tried (nothing is looked up).
+    assert_one_line_error(_cli("bench", str(models["int8"]), "--target", "ssh://pi@raspberrypi",
+                               "--identity", str(tmp_path / "no_such_key")), 5, "--identity", "no_such_key")
 
 
 def test_bench_cli_compare(tmp_path):

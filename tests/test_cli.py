@@ -48,7 +48,8 @@ def test_validate_prints_the_plan():
     for stage in ("data", "teacher", "student", "export", "quantize", "evaluate"):
         assert stage in proc.stdout
     plan = json.loads(run("validate", "recipes/quickstart.yaml", "--json").stdout)
-    assert [s["name"] for s in plan["stages"]] == ["data", "teacher", "student", "export", "quantize", "evaluate"]
+    assert [s["name"] for s in plan["stages"]] == ["data", "teacher", "student", "export", "quantize", "evaluate",
+                                                   "bundle"]
     assert plan["recipe"]["name"] == "quickstart"
 
 

@@ -48,7 +48,7 @@ setup_venv() {
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     say "installing edgecnn and its dependencies into $VENV (first time: a few minutes)"
     "$VENV/bin/python" -m pip install -q --upgrade pip
-    "$VENV/bin/python" -m pip install -q -e ".[test]"
+    "$VENV/bin/python" -m pip install -q -e ".[test,demo]"
     echo "$want" > "$stamp"
   fi
 }
@@ -62,11 +62,23 @@ setup_data() {
   "$VENV/bin/edgecnn" data download fashion_mnist
 }
 
+setup_test_tools() {
+  # The SSH and adb transport tests run a real sshd on 127.0.0.1 and the real adb binary;
+  # without them those tests skip (with the reason), the rest still runs.
+  local missing=()
+  [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+  command -v ssh >/dev/null && command -v scp >/dev/null || missing+=(openssh-client)
+  command -v adb >/dev/null || missing+=(adb)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  say "installing ${missing[*]} for the SSH/adb transport tests"
+  apt_install "${missing[@]}" || say "note: could not install ${missing[*]} (no apt, or not root); the tests that need them will skip"
+}
+
 cmd=${1:-}
 shift || true
 case "$cmd" in
   setup) setup_venv; setup_data ;;
   quickstart) setup_venv; setup_data; exec "$VENV/bin/edgecnn" build recipes/quickstart.yaml "$@" ;;
-  test) setup_venv; setup_data; exec "$VENV/bin/python" -m pytest -q "$@" ;;
+  test) setup_venv; setup_data; setup_test_tools; exec "$VENV/bin/python" -m pytest -q "$@" ;;
   *) echo "usage: bash tools/dev.sh {quickstart|test|setup} [args...]" >&2; exit 2 ;;
 esac

@@ -1,22 +1,66 @@
-"""Pick the transport for a target and run one benchmark: the entry point the CLI calls."""
+"""Pick the transport for a target and run benchmarks: the entry points the CLI and the
+pipeline call.
+
+Transports by target kind: ``local`` and ``coral`` -- :mod:`edgecnn.bench.local`;
+``ssh://`` -- :mod:`edgecnn.bench.ssh`; ``android`` -- :mod:`edgecnn.bench.adb`.
+
+Failure policy, the same for every transport: bad input found on this host before
+anything runs (an unknown target, a missing key file, no ``adb``, an Edge TPU model on a
+CPU target) raises :class:`~edgecnn.errors.DeviceError`; anything that goes wrong on
+the way to or on the device is a result with ``status: "failed"`` and a one-line
+reason. :func:`run_benchmarks` checks every target before running the first, then runs
+them in order; a failed target never stops the next one.
+"""
 
 from __future__ import annotations
 
 import os
+from typing import Callable, Iterable, Mapping, Sequence
 
+from edgecnn.bench.adb import AdbOptions
+from edgecnn.bench.ssh import SshOptions
 from edgecnn.bench.targets import Target, parse_target
-from edgecnn.errors import DeviceError
+from edgecnn.errors import DeviceError, EdgecnnError
 
-__all__ = ["run_benchmark"]
+__all__ = ["AdbOptions", "SshOptions", "check_benchmark", "run_benchmark", "run_benchmarks"]
+
+
+def check_benchmark(model: str | os.PathLike, target: Target | str, *, inputs_npz: str | os.PathLike | None = None,
+                    ssh: SshOptions | None = None, adb: AdbOptions | None = None) -> Target:
+    """Everything that can be checked on this host before ``target`` is used.
+
+    Returns:
+        The parsed target.
+
+    Raises:
+        DeviceError: an unknown target, bad transport options (see
+            :func:`~edgecnn.bench.ssh.check_ssh_options`,
+            :func:`~edgecnn.bench.adb.check_adb_options`), a missing inputs file, or an
+            Edge TPU model on a target without an Edge TPU.
+        ModelFileError: ``model`` is not a TFLite file.
+    """
+    from edgecnn.bench.local import check_model_for_target
+
+    target = parse_target(target) if isinstance(target, str) else target
+    check_model_for_target(model, target)
+    if inputs_npz is not None and not os.path.isfile(inputs_npz):
+        raise DeviceError(f"{inputs_npz}: no such inputs file; pass an .npz with x (and y)")
+    if target.kind == "ssh":
+        from edgecnn.bench.ssh import check_ssh_options
+
+        check_ssh_options(ssh or SshOptions())
+    elif target.kind == "android":
+        from edgecnn.bench.adb import check_adb_options
+
+        check_adb_options(adb or AdbOptions())
+    return target
 
 
 def run_benchmark(model: str | os.PathLike, target: Target | str = "local", *, threads: int = 1,
                   runs: int = 100, warmup: int = 10, timeout_s: float = 300.0,
-                  inputs_npz: str | os.PathLike | None = None) -> dict:
+                  inputs_npz: str | os.PathLike | None = None, ssh: SshOptions | None = None,
+                  adb: AdbOptions | None = None, extra_runner_args: Sequence[str] = ()) -> dict:
     """Benchmark ``model`` on ``target`` and return one result (schema ``edgecnn.bench/1``).
-
-    A failure on the device (timeout, crash, missing runtime) comes back as a result with
-    ``status: "failed"``; problems found before anything runs raise.
 
     Args:
         model: the ``.tflite`` file on this host.
@@ -24,26 +68,74 @@ def run_benchmark(model: str | os.PathLike, target: Target | str = "local", *, t
         threads: CPU threads for the interpreter.
         runs: timed invokes.
         warmup: untimed invokes after the first.
-        timeout_s: wall-clock limit for the benchmark process.
+        timeout_s: wall-clock limit for the benchmark process (on the device for remote
+            targets; copies get the same limit).
         inputs_npz: optional ``.npz`` (``x``, ``y``) for device-side accuracy.
+        ssh: options for ``ssh://`` targets (remote Python, key, known hosts).
+        adb: options for ``android`` targets (benchmark binary, delegate).
+        extra_runner_args: more runner arguments (test hooks such as ``--debug-hang``);
+            not used on Android, where no runner runs.
 
     Returns:
-        The validated result dict.
+        The validated result dict; failures on the device come back as ``status: "failed"``.
 
     Raises:
-        DeviceError: an unknown target, a transport that is not implemented yet, or an
-            Edge TPU model on a CPU target.
-        ModelFileError: ``model`` is not a TFLite file.
+        DeviceError, ModelFileError: see :func:`check_benchmark`.
     """
-    from edgecnn.bench.local import check_model_for_target
-
-    target = parse_target(target) if isinstance(target, str) else target
-    check_model_for_target(model, target)  # bad input fails here, before any transport
+    target = check_benchmark(model, target, inputs_npz=inputs_npz, ssh=ssh, adb=adb)
+    settings = dict(threads=threads, runs=runs, warmup=warmup, timeout_s=timeout_s, inputs_npz=inputs_npz)
     if target.kind in ("local", "coral"):
         from edgecnn.bench.local import run_local
 
-        return run_local(model, target, threads=threads, runs=runs, warmup=warmup,
-                         timeout_s=timeout_s, inputs_npz=inputs_npz)
-    # ssh:// and android:// transports come in a later step of issue #3.
-    raise DeviceError(f"target {target.text!r}: the {target.kind} transport is not implemented yet; "
-                      f"use --target local or coral for now")
+        return run_local(model, target, extra_runner_args=extra_runner_args, **settings)
+    if target.kind == "ssh":
+        from edgecnn.bench.ssh import run_ssh
+
+        return run_ssh(model, target, options=ssh, extra_runner_args=extra_runner_args, **settings)
+    if target.kind == "android":
+        from edgecnn.bench.adb import run_adb
+
+        return run_adb(model, target, options=adb, **settings)
+    raise DeviceError(f"target {target.text!r}: no transport for {target.kind!r} targets")  # pragma: no cover
+
+
+def run_benchmarks(model: str | os.PathLike, targets: Iterable[Target | str], *,
+                   on_result: Callable[[dict], None] | None = None,
+                   extra_runner_args: Mapping[str, Sequence[str]] | None = None, **settings) -> list[dict]:
+    """Benchmark ``model`` on several targets, one after the other.
+
+    Every target is checked first (:func:`check_benchmark`), so a typo in the third
+    target fails before the first one runs. Then each runs; an error raised while one
+    runs becomes its failed result, and the next target still runs.
+
+    Args:
+        model: the ``.tflite`` file.
+        targets: target texts or :class:`Target` objects, in order.
+        on_result: called with each result as soon as it exists (e.g. to append it to a
+            results file, so a later crash loses nothing).
+        extra_runner_args: per target text, more runner arguments (test hooks).
+        **settings: passed to :func:`run_benchmark` (threads, runs, warmup, timeout_s,
+            inputs_npz, ssh, adb).
+
+    Returns:
+        One result per target, in order.
+
+    Raises:
+        DeviceError, ModelFileError: a target fails its checks (nothing has run yet).
+    """
+    from edgecnn.bench.schema import failed_result, model_info
+
+    checks = {k: settings.get(k) for k in ("inputs_npz", "ssh", "adb")}
+    parsed = [check_benchmark(model, t, **checks) for t in targets]
+    extra = extra_runner_args or {}
+    results = []
+    for target in parsed:
+        try:
+            result = run_benchmark(model, target, extra_runner_args=extra.get(target.text, ()), **settings)
+        except EdgecnnError as exc:
+            result = failed_result(target.text, model_info(model), str(exc), threads=settings.get("threads", 1),
+                                   runs=settings.get("runs", 100), warmup=settings.get("warmup", 10))
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+    return results

@@ -504,6 +504,8 @@ def format_result(result: dict) -> str:
         extra.append(f"peak RSS {r['peak_rss_kb'] / 1024:.1f} MiB")
     if r.get("startup_s") is not None:
         extra.append(f"start-up {r['startup_s']:.2f} s")
+    if r.get("transfer_s") is not None:
+        extra.append(f"copy to the device {r['transfer_s']:.2f} s")
     if extra:
         lines.append("  " + ", ".join(extra))
     if r.get("samples") is not None:

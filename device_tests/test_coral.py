@@ -1,0 +1,41 @@
+"""Coral Edge TPU attached to this machine: a compiled model runs on the TPU within the
+reference limits, with device-side accuracy equal to the CPU run of the uncompiled model.
+
+Run: EDGECNN_CORAL=1 [EDGECNN_CORAL_TARGET=coral:usb] .venv/bin/python -m pytest device_tests/test_coral.py
+"""
+
+from __future__ import annotations
+
+import pytest
+from device_checks import check_against_reference, model_or_skip, reference_rows, samples_for
+
+ROWS = reference_rows("coral_usb.csv")
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
+def test_coral_meets_the_reference(row, coral_target, tmp_path_factory):
+    from edgecnn.bench.harness import run_benchmark
+
+    model = model_or_skip(row)
+    source = model.with_name(model.name.replace("_edgetpu", ""))
+    samples = samples_for(source if source.is_file() else model, tmp_path_factory.mktemp("samples"))
+    result = run_benchmark(model, coral_target, threads=row.threads, runs=200, warmup=20, timeout_s=300,
+                           inputs_npz=samples)
+    cpu_accuracy = None
+    if source.is_file():
+        cpu = run_benchmark(source, "local", threads=1, runs=5, warmup=1, timeout_s=300, inputs_npz=samples)
+        # The Edge TPU's int8 arithmetic may round differently from the CPU's kernels.
+        cpu_accuracy = cpu["accuracy"]
+    check_against_reference(result, row)
+    assert result["delegate"] and result["delegate"].startswith("edgetpu:")
+    if cpu_accuracy is not None:
+        assert abs(result["accuracy"] - cpu_accuracy) <= 0.01, (result["accuracy"], cpu_accuracy)
+
+
+def test_coral_target_runs_an_uncompiled_model(coral_target):
+    """An uncompiled model on the Edge TPU target still runs (on the CPU, through the delegate)."""
+    from edgecnn.bench.harness import run_benchmark
+
+    model = model_or_skip(reference_rows("pi4.csv")[0])
+    result = run_benchmark(model, coral_target, runs=5, warmup=1, timeout_s=300)
+    assert result["status"] == "ok", result["reason"]

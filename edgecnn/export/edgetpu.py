@@ -1,0 +1,216 @@
+"""Compile a full-integer ``.tflite`` for the Coral Edge TPU with Google's ``edgetpu_compiler``.
+
+The compiler is a closed-source x86-64 Linux binary from the Coral apt repository
+(package ``edgetpu-compiler``); edgecnn never installs it. :func:`compile_edgetpu` runs
+``edgetpu_compiler -s -o TMPDIR MODEL`` in a temporary folder inside the output folder,
+parses its report with :func:`~edgecnn.bench.parsers.parse_edgetpu_compiler_log`, and
+moves ``<name>_edgetpu.tflite`` (and the compiler's ``<name>_edgetpu.log``) into place
+with an atomic rename, next to the parsed report ``<name>_edgetpu.json``. TFLite
+metadata (labels, normalization) of the source model is carried over when the compiled
+model lacks it.
+
+Operations the Edge TPU cannot run fall back to the CPU (and split the graph into
+several Edge TPU subgraphs). :func:`cpu_fallback_problem` is the pure policy behind
+``--fail-on-cpu-ops``: with it, a model with any CPU operation is refused and only the
+JSON report is written, so nothing that looks like a deployable model is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgecnn.errors import MissingDependencyError, ModelFileError
+from edgecnn.fileio import write_json_atomic
+
+__all__ = ["COMPILE_TARGETS", "COMPILER", "EdgeTpuCompileResult", "find_edgetpu_compiler", "cpu_fallback_problem",
+           "format_compile_summary", "compile_edgetpu"]
+
+COMPILE_TARGETS = ("edgetpu",)
+COMPILER = "edgetpu_compiler"
+INSTALL_HINT = ("install it from the Coral apt repository: add 'deb https://packages.cloud.google.com/apt "
+                "coral-edgetpu-stable main' and run 'sudo apt-get install edgetpu-compiler' "
+                "(x86-64 Linux only; see https://coral.ai/docs/edgetpu/compiler/)")
+_COMPILE_TIMEOUT_S = 600.0  # the compiler's own per-segment limit is 180 s
+
+
+@dataclass(frozen=True)
+class EdgeTpuCompileResult:
+    """What :func:`compile_edgetpu` wrote.
+
+    Attributes:
+        model: the compiled ``<name>_edgetpu.tflite``.
+        report: the parsed compiler report ``<name>_edgetpu.json``.
+        log: the compiler's own operation log ``<name>_edgetpu.log``, or None when it
+            wrote none.
+        parsed: the parsed report (as in ``report``).
+    """
+
+    model: Path
+    report: Path
+    log: Path | None
+    parsed: dict
+
+
+def find_edgetpu_compiler() -> str:
+    """The ``edgetpu_compiler`` on PATH.
+
+    Raises:
+        MissingDependencyError: it is not installed; the message says how, and that it
+            exists for x86-64 Linux only.
+    """
+    found = shutil.which(COMPILER)
+    if found:
+        return found
+    here = f"{platform.system()} {platform.machine()}"
+    where = "" if (platform.system(), platform.machine()) == ("Linux", "x86_64") else \
+        f" this machine is {here}, so compile on an x86-64 Linux host (or in Docker) instead;"
+    raise MissingDependencyError(f"{COMPILER} not found on PATH;{where} {INSTALL_HINT}")
+
+
+def cpu_fallback_problem(parsed: dict) -> str | None:
+    """Why a compiled model fails ``--fail-on-cpu-ops``, or None when every op is on the TPU.
+
+    Args:
+        parsed: from :func:`~edgecnn.bench.parsers.parse_edgetpu_compiler_log`.
+
+    Returns:
+        One line naming the operators that fall back to the CPU, with counts and the
+        compiler's reasons; None when none do.
+    """
+    by_op = parsed.get("ops_by_operator") or {}
+    fallback = [op for op in parsed.get("cpu_fallback_ops") or [] if op in by_op]
+    on_cpu = parsed.get("ops_on_cpu")
+    if on_cpu is None and fallback:
+        on_cpu = sum(by_op[op]["cpu"] for op in fallback)
+    if not on_cpu and not fallback:
+        return None
+    head = f"{on_cpu} operation{'s' if on_cpu != 1 else ''} would run on the CPU, not the Edge TPU"
+    if not fallback:
+        return head + " (the compiler printed no per-operator table; see its .log)"
+    reasons = parsed.get("cpu_fallback_reasons") or {}
+    parts = []
+    for op in fallback:
+        why = "; ".join(reasons.get(op, []))
+        parts.append(f"{op} x{by_op[op]['cpu']}" + (f" ({why})" if why else ""))
+    return f"{head}: {', '.join(parts)}"
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit, scale in (("MiB", 1024 ** 2), ("KiB", 1024)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} B"
+
+
+def format_compile_summary(parsed: dict, model: str | os.PathLike | None = None) -> str:
+    """A few lines for people: ops on the TPU vs the CPU by operator, subgraphs, memory."""
+    version = parsed.get("compiler_version") or "?"
+    took = f" in {parsed['compile_ms']:g} ms" if parsed.get("compile_ms") is not None else ""
+    lines = [f"edgetpu_compiler {version}: compiled{took}" + (f" -> {model}" if model else "")]
+    tpu, cpu, total = parsed.get("ops_on_tpu"), parsed.get("ops_on_cpu"), parsed.get("total_ops")
+    subgraphs = parsed.get("subgraphs")
+    lines.append(f"  operations: {total if total is not None else '?'} total, "
+                 f"{tpu if tpu is not None else '?'} on the Edge TPU, {cpu if cpu is not None else '?'} on the CPU"
+                 + (f"; {subgraphs} Edge TPU subgraph{'s' if subgraphs != 1 else ''}" if subgraphs is not None else ""))
+    remaining = parsed.get("on_chip_memory_remaining_bytes")
+    lines.append(f"  on-chip memory for parameters: {_size(parsed.get('on_chip_memory_used_bytes'))} used"
+                 + (f" ({_size(remaining)} left)" if remaining is not None else "")
+                 + f", off-chip (streamed): {_size(parsed.get('off_chip_memory_used_bytes'))}")
+    by_op = parsed.get("ops_by_operator") or {}
+    if by_op:
+        reasons = parsed.get("cpu_fallback_reasons") or {}
+        width = max(len("operator"), *(len(op) for op in by_op))
+        lines.append(f"  {'operator':<{width}}  {'tpu':>5}  {'cpu':>5}  why not on the TPU")
+        for op, counts in sorted(by_op.items(), key=lambda kv: (-kv[1]["cpu"], kv[0])):
+            why = "; ".join(reasons.get(op, []))
+            lines.append(f"  {op:<{width}}  {counts['tpu']:>5}  {counts['cpu']:>5}  {why}".rstrip())
+    return "\n".join(lines)
+
+
+def compile_edgetpu(model: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
+                    fail_on_cpu_ops: bool = False, timeout_s: float = _COMPILE_TIMEOUT_S) -> EdgeTpuCompileResult:
+    """Compile ``model`` for the Edge TPU.
+
+    Args:
+        model: a full-integer int8 ``.tflite`` (e.g. ``student_int8.tflite``).
+        out_dir: where to write (default: the model's folder).
+        fail_on_cpu_ops: refuse a model with any operation left on the CPU.
+        timeout_s: limit for the compiler process.
+
+    Returns:
+        The paths written and the parsed report.
+
+    Raises:
+        MissingDependencyError: ``edgetpu_compiler`` is not installed.
+        ModelFileError: ``model`` is not a TFLite file, is already compiled, has float
+            weights, the compiler fails, or (with ``fail_on_cpu_ops``) ops fall back to
+            the CPU -- one line each, naming the fix.
+    """
+    from edgecnn.bench.local import is_edgetpu_model
+    from edgecnn.bench.parsers import parse_edgetpu_compiler_log
+    from edgecnn.bench.process import last_line, run_process
+    from edgecnn.export.inspect_tflite import inspect_tflite
+
+    compiler = find_edgetpu_compiler()
+    model = Path(model)
+    summary = inspect_tflite(model)
+    if is_edgetpu_model(summary):
+        raise ModelFileError(f"{model}: already compiled for the Edge TPU (it contains edgetpu-custom-op); "
+                             f"compile the int8 .tflite it was made from")
+    if summary.weight_dtypes and not summary.weights_int8:
+        raise ModelFileError(f"{model}: conv/FC weights are {', '.join(summary.weight_dtypes)}, not int8; the Edge "
+                             f"TPU needs a full-integer model: compile student_int8.tflite")
+    out = Path(out_dir) if out_dir is not None else model.parent
+    out.mkdir(parents=True, exist_ok=True)
+    stem = model.stem
+    targets = {"model": out / f"{stem}_edgetpu.tflite", "log": out / f"{stem}_edgetpu.log",
+               "report": out / f"{stem}_edgetpu.json"}
+
+    # ".tmp-" like every partial file: clean_stale_temporaries removes a killed run's folder.
+    work = Path(tempfile.mkdtemp(prefix=".tmp-edgetpu.", dir=out))
+    try:
+        proc = run_process([compiler, "-s", "-o", str(work), str(model.resolve())], timeout_s, cwd=work)
+        if proc.timed_out:
+            raise ModelFileError(f"{model}: {COMPILER} did not finish within {timeout_s:g} s; try a smaller "
+                                 f"model, or compile by hand to see where it stops")
+        parsed = parse_edgetpu_compiler_log(proc.stdout + "\n" + proc.stderr)
+        produced = work / f"{stem}_edgetpu.tflite"
+        log_file = work / f"{stem}_edgetpu.log"
+        if proc.returncode != 0 or not produced.is_file() or parsed["compiled"] is False:
+            why = (parsed["errors"] or [last_line(proc.stderr) or last_line(proc.stdout)
+                                        or f"exit status {proc.returncode}"])[0]
+            raise ModelFileError(f"{model}: {COMPILER} could not compile it ({why}); the Edge TPU needs a "
+                                 f"full-integer int8 model with supported ops (https://coral.ai/docs/edgetpu/models-intro/)")
+        if not parsed["has_operator_table"] and log_file.is_file():
+            # Without the table on stdout, the per-operator rows come from the log file.
+            table = parse_edgetpu_compiler_log(log_file.read_text(encoding="utf-8", errors="replace"))
+            for key in ("operators", "ops_by_operator", "cpu_fallback_ops", "cpu_fallback_reasons",
+                        "has_operator_table"):
+                parsed[key] = table[key]
+        from edgecnn.export.metadata import copy_metadata, has_metadata
+
+        if has_metadata(model) and not has_metadata(produced):
+            copy_metadata(model, produced)  # labels and normalization survive the compile
+        parsed["source_model"] = str(model)
+        parsed["output_model"] = targets["model"].name
+        parsed["operation_log"] = targets["log"].name if log_file.is_file() else None
+        report = write_json_atomic(targets["report"], parsed)
+        if fail_on_cpu_ops:
+            problem = cpu_fallback_problem(parsed)
+            if problem:
+                raise ModelFileError(f"{model}: {problem}; --fail-on-cpu-ops refuses it (report: {report})")
+        os.replace(produced, targets["model"])  # same folder tree: atomic
+        log_path = None
+        if log_file.is_file():
+            os.replace(log_file, targets["log"])
+            log_path = targets["log"]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return EdgeTpuCompileResult(targets["model"], report, log_path, parsed)
