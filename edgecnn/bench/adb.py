@@ -39,7 +39,7 @@ from typing import Sequence
 from edgecnn.bench.local import check_model_for_target
 from edgecnn.bench.parsers import parse_benchmark_model
 from edgecnn.bench.process import ProcessResult, last_line, run_process
-from edgecnn.bench.schema import failed_result, model_info, new_result, validate_result
+from edgecnn.bench.schema import check_run_settings, failed_result, model_info, new_result, validate_result
 from edgecnn.bench.targets import Target, parse_target
 from edgecnn.errors import DeviceError
 
@@ -222,9 +222,7 @@ def run_adb(model: str | os.PathLike, target: Target | str, *, threads: int = 1,
     options = options or AdbOptions()
     if target.kind != "android":
         raise DeviceError(f"run_adb runs android targets, not {target.text!r}")
-    if threads < 1 or runs < 1 or warmup < 0 or not timeout_s > 0:
-        raise ValueError(f"need threads >= 1, runs >= 1, warmup >= 0 and timeout_s > 0; got "
-                         f"{threads}, {runs}, {warmup}, {timeout_s}")
+    check_run_settings(threads, runs, warmup, timeout_s)
     check_adb_options(options)
     check_model_for_target(model, target)
 

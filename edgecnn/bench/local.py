@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from edgecnn.bench.schema import failed_result, model_info, validate_result
+from edgecnn.bench.process import drain, kill_group, new_group_kwargs
+from edgecnn.bench.schema import check_run_settings, failed_result, model_info, validate_result
 from edgecnn.bench.targets import Target, parse_target
 from edgecnn.errors import DeviceError
 
@@ -27,8 +28,6 @@ __all__ = ["RUNNER_PATH", "EDGETPU_CUSTOM_OP", "check_model_for_target", "is_edg
 
 RUNNER_PATH = Path(__file__).with_name("runner.py")
 EDGETPU_CUSTOM_OP = "edgetpu-custom-op"  # same as runner.EDGETPU_CUSTOM_OP (a test checks)
-# After killing the group, how long to wait for the pipes to close.
-_REAP_S = 5.0
 _STDERR_TAIL = 300
 
 
@@ -94,9 +93,7 @@ def run_local(model: str | os.PathLike, target: Target | str = "local", threads:
     target = parse_target(target) if isinstance(target, str) else target
     if target.kind not in ("local", "coral"):
         raise DeviceError(f"run_local runs 'local' and 'coral' targets, not {target.text!r}")
-    if threads < 1 or runs < 1 or warmup < 0 or not timeout_s > 0:
-        raise ValueError(f"need threads >= 1, runs >= 1, warmup >= 0 and timeout_s > 0; got "
-                         f"{threads}, {runs}, {warmup}, {timeout_s}")
+    check_run_settings(threads, runs, warmup, timeout_s)
     check_model_for_target(model, target)
     if inputs_npz is not None and not Path(inputs_npz).is_file():
         raise DeviceError(f"{inputs_npz}: no such inputs file; pass an .npz with x (and y)")
@@ -119,14 +116,15 @@ def run_local(model: str | os.PathLike, target: Target | str = "local", threads:
     argv += ["--spawned-at", repr(spawned)]
     try:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                stdin=subprocess.DEVNULL, env=_child_env(), **_new_group())
+                                stdin=subprocess.DEVNULL, env=_child_env(), **new_group_kwargs())
     except OSError as exc:
         return failed_result(target.text, model_info(model), f"cannot start the runner ({exc})",
                              **_rest(common))
     try:
         stdout, stderr = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        _kill_group(proc)
+        kill_group(proc)
+        drain(proc)
         return failed_result(target.text, model_info(model),
                              f"timed out after {timeout_s:g} s (the runtime or device hung); "
                              f"the runner's process group was killed", **_rest(common))
@@ -141,27 +139,6 @@ def _child_env() -> dict:
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return env
-
-
-def _new_group() -> dict:
-    if os.name == "posix":
-        return {"start_new_session": True}
-    return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}  # pragma: no cover (Windows)
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    """Kill the child's whole process group, then reap it."""
-    try:
-        if os.name == "posix":
-            os.killpg(proc.pid, signal.SIGKILL)  # the session leader's pid is the group id
-        else:  # pragma: no cover (Windows)
-            proc.kill()
-    except ProcessLookupError:
-        pass  # exited between the timeout and the kill
-    try:
-        proc.communicate(timeout=_REAP_S)
-    except subprocess.TimeoutExpired:  # pragma: no cover (a process stuck in the kernel)
-        pass
 
 
 def _signal_name(returncode: int) -> str:

@@ -63,17 +63,17 @@ def run_process(argv: Sequence[str], timeout_s: float, *, env: Mapping[str, str]
     try:
         proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, env=dict(env) if env is not None else None,
-                                cwd=cwd, **_new_group())
+                                cwd=cwd, **new_group_kwargs())
     except OSError as exc:
         return ProcessResult(None, "", f"cannot start {argv[0]}: {exc.strerror or exc}", 0.0)
     try:
         out, err = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        _kill_group(proc)
-        out, err = _drain(proc)
+        kill_group(proc)
+        out, err = drain(proc)
         return ProcessResult(None, _text(out), _text(err), time.monotonic() - start, timed_out=True)
     except BaseException:  # KeyboardInterrupt: do not leave the tool running
-        _kill_group(proc)
+        kill_group(proc)
         raise
     return ProcessResult(proc.returncode, _text(out), _text(err), time.monotonic() - start)
 
@@ -91,13 +91,15 @@ def _text(data: bytes | None) -> str:
     return (data or b"").decode("utf-8", errors="replace")
 
 
-def _new_group() -> dict:
+def new_group_kwargs() -> dict:
+    """Popen keyword arguments that start the child in its own process group/session."""
     if os.name == "posix":
         return {"start_new_session": True}
     return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}  # pragma: no cover (Windows)
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the child's whole process group (a runtime may have spawned helpers)."""
     try:
         if os.name == "posix":
             os.killpg(proc.pid, signal.SIGKILL)  # the session leader's pid is the group id
@@ -107,7 +109,8 @@ def _kill_group(proc: subprocess.Popen) -> None:
         pass  # already gone
 
 
-def _drain(proc: subprocess.Popen) -> tuple[bytes, bytes]:
+def drain(proc: subprocess.Popen) -> tuple[bytes, bytes]:
+    """Reap a killed child and return what it had written, waiting a few seconds at most."""
     try:
         return proc.communicate(timeout=_REAP_S)
     except subprocess.TimeoutExpired:  # pragma: no cover (a process stuck in the kernel)

@@ -518,3 +518,10 @@ def format_result(result: dict) -> str:
             lines.append("  SoC temperature " + " -> ".join("?" if t is None else f"{t:.1f} C" for t in temps)
                          + (" THROTTLED: latency figures are not representative" if thermal.get("throttled") else ""))
     return "\n".join(lines)
+
+
+def check_run_settings(threads: int, runs: int, warmup: int, timeout_s: float) -> None:
+    """The run settings every transport shares; raises ValueError when one is out of range."""
+    if threads < 1 or runs < 1 or warmup < 0 or not timeout_s > 0:
+        raise ValueError(f"need threads >= 1, runs >= 1, warmup >= 0 and timeout_s > 0; got "
+                         f"{threads}, {runs}, {warmup}, {timeout_s}")

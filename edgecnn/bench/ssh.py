@@ -50,7 +50,7 @@ from typing import Sequence
 
 from edgecnn.bench.local import RUNNER_PATH, check_model_for_target
 from edgecnn.bench.process import ProcessResult, last_line, run_process
-from edgecnn.bench.schema import failed_result, model_info, validate_result
+from edgecnn.bench.schema import check_run_settings, failed_result, model_info, validate_result
 from edgecnn.bench.targets import Target, parse_target
 from edgecnn.errors import DeviceError
 
@@ -313,9 +313,7 @@ def run_ssh(model: str | os.PathLike, target: Target | str, *, threads: int = 1,
     options = options or SshOptions()
     if target.kind != "ssh":
         raise DeviceError(f"run_ssh runs ssh:// targets, not {target.text!r}")
-    if threads < 1 or runs < 1 or warmup < 0 or not timeout_s > 0:
-        raise ValueError(f"need threads >= 1, runs >= 1, warmup >= 0 and timeout_s > 0; got "
-                         f"{threads}, {runs}, {warmup}, {timeout_s}")
+    check_run_settings(threads, runs, warmup, timeout_s)
     check_ssh_options(options)
     check_model_for_target(model, target)
     if inputs_npz is not None and not Path(inputs_npz).is_file():

@@ -43,8 +43,8 @@ def teacher_logits_fn(teacher, sample):
     return lambda x: teacher(x, training=False)
 
 
-def precompute_teacher_logits(teacher, ds) -> "np.ndarray":
-    """Teacher logits for every image of a batched, un-shuffled (image, label) dataset.
+def precompute_teacher_logits(teacher, ds):
+    """Teacher logits (a float32 numpy array) for every image of a batched, un-shuffled (image, label) dataset.
 
     "Offline" distillation: the soft targets are computed once on un-augmented images
     and reused every epoch, which halves the cost of a CPU epoch. The augmentations used
