@@ -5,11 +5,19 @@ Importing this package does not import TensorFlow.
 """
 
 from edgecnn.errors import DataError, EdgecnnError, ModelFileError, RecipeError
-from edgecnn.recipe import Recipe, load_recipe
 
 __version__ = "0.1.0"
 
 __all__ = ["DataError", "EdgecnnError", "ModelFileError", "Recipe", "RecipeError", "__version__", "build", "load_recipe"]
+
+
+def __getattr__(name: str):
+    # Lazy: pydantic costs ~0.1 s to import and `edgecnn --help` needs none of it.
+    if name in ("Recipe", "load_recipe"):
+        from edgecnn import recipe
+
+        return getattr(recipe, name)
+    raise AttributeError(f"module 'edgecnn' has no attribute {name!r}")
 
 
 def build(recipe, out_dir=None, **kwargs):
