@@ -121,29 +121,19 @@ def build_bench_models(out: Path) -> dict[str, Path]:
         ``{"int8": ..., "edgetpu": ..., "npz": ...}`` paths under ``out``; the ``.npz``
         holds 40 float samples ``x`` and integer labels ``y``.
     """
-    import warnings
-
     import numpy as np
 
-    from edgecnn._tf import keras, tensorflow
+    from edgecnn._tf import keras
+    from edgecnn.export.tflite import convert_int8
 
-    tf, k = tensorflow(), keras()
+    k = keras()
     k.utils.set_random_seed(0)
     model = k.Sequential([k.layers.Input(BENCH_INPUT_SHAPE), k.layers.Conv2D(4, 3, activation="relu"),
                           k.layers.Flatten(), k.layers.Dense(3)])
     x, y = toy_band_data(256, seed=0)
     model.compile("adam", k.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(x, y, epochs=2, batch_size=32, verbose=0)
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = lambda: ([x[i:i + 1]] for i in range(32))
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = tf.int8
-    conv.inference_output_type = tf.int8
-    paths = {"int8": out / "tiny_int8.tflite"}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
-        paths["int8"].write_bytes(conv.convert())
+    paths = {"int8": convert_int8(model, x[:32], "int8", out / "tiny_int8.tflite")}
     paths["edgetpu"] = with_edgetpu_custom_op(paths["int8"], out / "tiny_int8_edgetpu.tflite")
     xs, ys = toy_band_data(40, seed=1)
     paths["npz"] = out / "samples.npz"
