@@ -103,7 +103,20 @@ def inspect_command(model: str, as_json: bool) -> None:
     from edgecnn.export.inspect_tflite import format_summary, inspect_tflite, summary_to_dict
 
     summary = inspect_tflite(model)
-    click.echo(json.dumps(summary_to_dict(summary), indent=2) if as_json else format_summary(summary))
+    meta = None
+    if "TFLITE_METADATA" in summary.metadata_names:
+        from edgecnn.export.metadata import read_metadata
+
+        meta = read_metadata(model)
+    if as_json:
+        click.echo(json.dumps({**summary_to_dict(summary), "tflite_metadata": meta}, indent=2))
+        return
+    click.echo(format_summary(summary))
+    if meta:
+        labels = meta.get("labels") or []
+        click.echo(f"tflite metadata: {meta.get('name')} v{meta.get('version')}, {meta.get('color_space')} input, "
+                   f"mean {meta.get('mean')} std {meta.get('std')}")
+        click.echo(f"  labels ({len(labels)}): {', '.join(labels[:10])}{' ...' if len(labels) > 10 else ''}")
 
 
 @main.group()

@@ -116,9 +116,10 @@ def test_inspect_cli_on_the_built_model(built):
     data = json.loads(proc.stdout)
     assert data["inputs"][0]["dtype"] == "UINT8"
     assert data["op_counts"]["CONV_2D"] > 10 and data["op_counts"]["DEPTHWISE_CONV_2D"] > 5
+    assert data["tflite_metadata"]["labels"][0] == "T-shirt/top" and len(data["tflite_metadata"]["labels"]) == 10
     text = subprocess.run([sys.executable, "-m", "edgecnn.cli", "inspect", str(result.out_dir / "student_int8.tflite")],
                           capture_output=True, text=True, timeout=60).stdout
-    assert "DEPTHWISE_CONV_2D" in text and "zero_point" in text
+    assert "DEPTHWISE_CONV_2D" in text and "zero_point" in text and "labels (10): T-shirt/top" in text
 
 
 def test_unchanged_rebuild_reuses_every_stage(built):
