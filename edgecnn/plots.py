@@ -60,6 +60,10 @@ def training_curves_chart(curves: dict[str, list[float]], ylabel: str = "validat
         v = lo + (hi - lo) * k / 4
         _, y = xy(0, v)
         body.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{v * 100:.0f}%</text>')
+    step = max(1, longest // 10)  # at most ~10 epoch labels
+    for i in range(0, longest, step):
+        x, _ = xy(i, lo)
+        body.append(f'<text x="{x:.1f}" y="{top + plot_h + 16}" text-anchor="middle">{i + 1}</text>')
     for j, (name, vals) in enumerate(series.items()):
         color = _COLORS[j % len(_COLORS)]
         points = " ".join(f"{x:.1f},{y:.1f}" for x, y in (xy(i, v) for i, v in enumerate(vals)))
