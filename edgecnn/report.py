@@ -139,7 +139,7 @@ def render_markdown(report: dict) -> str:
     """A person's view of ``report``."""
     lines = [f"# edgecnn build: {report['recipe']}", "",
              f"Recipe hash `{report['recipe_hash'][:12]}`, built {report['created_at']}: "
-             f"{report['total_wall_s']:.1f} s this build, {report['total_compute_s']:.1f} s to compute every stage.",
+             f"{report['total_wall_s']:.1f} s this build, {report.get('total_compute_s', report['total_wall_s']):.1f} s to compute every stage.",
              "", "## Models", "",
              "| model | file | precision | I/O | size | test accuracy | evaluated with |",
              "|---|---|---|---|---|---|---|"]
