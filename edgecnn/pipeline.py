@@ -67,7 +67,8 @@ STAGES: tuple[Stage, ...] = (
           lambda r: f"load {r.teacher.path}" if r.teacher.path else
                     f"train {r.teacher.architecture} for {r.teacher.train.epochs} epochs"),
     Stage("student", ("student", "distill", "seed"), ("dataset", "teacher"), _stages.run_student, lambda r: True,
-          lambda r: f"{r.student.architecture} alpha {r.student.alpha:g}, "
+          lambda r: f"{r.student.architecture} alpha {r.student.alpha:g}"
+                    + (f" (output stride {r.student.output_stride})" if r.student.output_stride != 32 else "") + ", "
                     + (f"distilled at T={r.distill.temperature:g}, alpha={r.distill.alpha:g}" if r.distill.enabled else "hard labels only")
                     + f", {r.distill.train.epochs} epochs"),
     Stage("export", ("export",), ("dataset", "student"), _stages.run_export, lambda r: bool(r.export.formats),

@@ -130,6 +130,11 @@ class StudentConfig(_Section):
     alpha: float = Field(0.35, gt=0.0, le=2.0, description="Width multiplier (MobileNet alpha).")
     dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout before the classifier.")
     weights: Optional[str] = Field(None, description="None (random), 'imagenet' (downloaded when online), or a local backbone weights file.")
+    output_stride: Literal[8, 16, 32] = Field(
+        32,
+        description="Input size / final feature-map size. 32 is the ImageNet design; 16 or 8 drop the last "
+        "one or two downsamplings so small inputs (32-64 px) keep a 2x2 or 4x4 map instead of 1x1 (more accurate, slower).",
+    )
 
     @field_validator("architecture")
     @classmethod

@@ -144,6 +144,29 @@ def test_student_builds_flat_logits_and_converts_to_int8(name, calibration, tmp_
     np.testing.assert_allclose(probs, expected, atol=0.05)
 
 
+@pytest.mark.parametrize("name", list_students())
+@pytest.mark.parametrize("output_stride", [16, 8])
+def test_output_stride_keeps_a_larger_final_map(name, output_stride):
+    stock = create_student(name, SHAPE, NUM_CLASSES, StudentConfig(architecture=name, alpha=0.35))
+    model = create_student(name, SHAPE, NUM_CLASSES, StudentConfig(architecture=name, alpha=0.35, output_stride=output_stride))
+    assert_flat_functional(model)
+    assert model.input.shape[1:] == stock.input.shape[1:] and model.input.name == stock.input.name
+    side = model.get_layer("pool").input.shape[1]
+    assert side == SHAPE[0] // output_stride, (side, output_stride)
+    assert stock.get_layer("pool").input.shape[1] == max(1, SHAPE[0] // 32)
+    assert model.count_params() == stock.count_params()  # same kernels: pretrained weights still fit
+    x = np.random.default_rng(2).uniform(-1, 1, (2, *SHAPE)).astype(np.float32)
+    assert model(x, training=False).shape == (2, NUM_CLASSES)
+
+
+def test_output_stride_keeps_pretrained_weights(mnv2_weights):
+    path, saved = mnv2_weights
+    cfg = StudentConfig(architecture="mobilenet_v2", alpha=1.0, weights=str(path), output_stride=16)
+    model = create_student("mobilenet_v2", SHAPE, NUM_CLASSES, cfg)
+    assert_same_weights(saved, model)
+    assert model.get_layer("pool").input.shape[1] == SHAPE[0] // 16
+
+
 @pytest.mark.parametrize("name", registered_teachers())
 def test_registered_teacher_builds_flat_logits(name):
     model = create_teacher(name, SHAPE, NUM_CLASSES, TeacherConfig(architecture=name))

@@ -96,6 +96,11 @@ def test_wrong_enum_value(tmp_path):
     assert "quantize.io_dtype" in message and "'int8'" in message
 
 
+def test_output_stride_accepts_only_8_16_32(tmp_path):
+    message = error_of(write(tmp_path, "r.yaml", "name: t\nstudent: {output_stride: 12}\n"))
+    assert "student.output_stride" in message and "16" in message
+
+
 def test_malformed_yaml_names_line(tmp_path):
     message = error_of(write(tmp_path, "r.yaml", "name: t\ndata:\n  image_size: [32\n"))
     assert "r.yaml" in message and "malformed YAML" in message and "line" in message

@@ -73,3 +73,42 @@ def classifier_head(keras, features, num_classes: int, dropout: float, name: str
     if dropout > 0:
         x = keras.layers.Dropout(dropout, name="dropout")(x)
     return keras.layers.Dense(num_classes, name=name)(x)
+
+
+def reduce_output_stride(keras, backbone, output_stride: int):
+    """Rebuild a keras.applications backbone without its last downsamplings.
+
+    An ImageNet backbone halves the feature map five times (output stride 32), so a
+    32x32 input leaves a 1x1 map: the last blocks' 3x3 depthwise kernels then see one
+    pixel and padding. Output stride 16 (8) turns the last one (two) stride-2 depthwise
+    convolutions into stride 1, with their explicit ZeroPadding2D widened to "same".
+    Kernel shapes do not change, so pretrained weights carry over; without dilation the
+    receptive field is smaller than the one they were trained with, which fine-tuning
+    absorbs (DeepLab uses dilation instead; Edge TPUs run plain convolutions best).
+
+    Returns ``backbone`` itself for 32, else a new flat functional model built on a new
+    Input with the same layer names and weights.
+    """
+    steps = {32: 0, 16: 1, 8: 2}[output_stride]
+    if steps == 0:
+        return backbone
+    config = backbone.get_config()
+    layers = {layer["config"]["name"]: layer for layer in config["layers"]}
+    strided = [
+        layer for layer in config["layers"]
+        if layer["class_name"] == "DepthwiseConv2D" and tuple(layer["config"]["strides"]) == (2, 2)
+    ]
+    if len(strided) < steps:
+        raise ValueError(f"{backbone.name} has {len(strided)} strided depthwise convolutions, cannot reach output stride {output_stride}")
+    for depthwise in strided[-steps:]:
+        depthwise["config"]["strides"] = (1, 1)
+        # inbound_nodes: [[[layer_name, node_index, tensor_index, kwargs]]]
+        source = layers[depthwise["inbound_nodes"][0][0][0]]
+        if source["class_name"] == "ZeroPadding2D" and depthwise["config"]["padding"] == "valid":
+            k = depthwise["config"]["kernel_size"][0]
+            source["config"]["padding"] = ((k // 2, k // 2), (k // 2, k // 2))
+        else:
+            depthwise["config"]["padding"] = "same"
+    rebuilt = keras.Model.from_config(config)
+    rebuilt.set_weights(backbone.get_weights())
+    return rebuilt

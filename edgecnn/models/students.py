@@ -9,7 +9,9 @@ tfmot's pruning and quantization wrappers require (they reject nested models).
 from __future__ import annotations
 
 from edgecnn._tf import keras
-from edgecnn.models._common import call_keras_application, classifier_head, resolve_weights, set_batchnorm_momentum
+from edgecnn.models._common import (
+    call_keras_application, classifier_head, reduce_output_stride, resolve_weights, set_batchnorm_momentum,
+)
 from edgecnn.models.registry import STUDENTS
 
 
@@ -23,9 +25,7 @@ def mobilenet_v2(input_shape, num_classes, cfg):
         K.applications.MobileNetV2, "MobileNetV2", "student", weights,
         input_tensor=inputs, alpha=cfg.alpha, include_top=False,
     )
-    set_batchnorm_momentum(backbone, 0.9)
-    logits = classifier_head(K, backbone.output, num_classes, cfg.dropout)
-    return K.Model(inputs, logits, name=f"mobilenet_v2_{cfg.alpha:g}")
+    return _with_head(K, backbone, num_classes, cfg, f"mobilenet_v2_{cfg.alpha:g}")
 
 
 @STUDENTS.register
@@ -43,6 +43,13 @@ def mobilenet_v3_small(input_shape, num_classes, cfg):
         input_tensor=inputs, alpha=cfg.alpha, include_top=False, minimalistic=True,
         include_preprocessing=False,
     )
+    return _with_head(K, backbone, num_classes, cfg, f"mobilenet_v3_small_{cfg.alpha:g}")
+
+
+def _with_head(K, backbone, num_classes, cfg, name):
+    """Apply ``cfg.output_stride``, short-run BatchNorm momentum and the classifier head."""
+    backbone = reduce_output_stride(K, backbone, cfg.output_stride)
     set_batchnorm_momentum(backbone, 0.9)
     logits = classifier_head(K, backbone.output, num_classes, cfg.dropout)
-    return K.Model(inputs, logits, name=f"mobilenet_v3_small_{cfg.alpha:g}")
+    suffix = f"_os{cfg.output_stride}" if cfg.output_stride != 32 else ""
+    return K.Model(backbone.input, logits, name=name + suffix)
