@@ -355,38 +355,9 @@ def test_append_result_json_lines_and_json_list(tmp_path):
 # ---------------------------------------------------------------------------- parsers
 
 # https://github.com/NobuoTsukamoto/meta-tensorflow-lite/blob/main/doc/tensorflow-lite-benchmark.md
-# (benchmark_model on qemuriscv64, with --enable_op_profiling=true; profiler tables cut
-# where marked, its "Timings (microseconds)" summary kept).
-BENCHMARK_MODEL_RISCV = """\
-STARTING!
-Log parameter values verbosely: [0]
-Num threads: [4]
-Graph: [./mobilenet_v1_1.0_224.tflite]
-Enable op profiling: [1]
-#threads used for CPU inference: [4]
-Loaded model ./mobilenet_v1_1.0_224.tflite
-The input model file size (MB): 16.9008
-Initialized session in 17.187ms.
-Running benchmark for at least 1 iterations and at least 0.5 seconds but terminate if exceeding 150 seconds.
-count=1 curr=3512391
-
-Running benchmark for at least 50 iterations and at least 1 seconds but terminate if exceeding 150 seconds.
-count=50 first=2990275 curr=2913402 min=2727568 max=3189954 avg=2.95034e+06 std=109798
-
-Inference timings in us: Init: 17187, First inference: 3512391, Warmup (avg): 3.51239e+06, Inference (avg): 2.95034e+06
-Note: as the benchmark tool itself affects memory footprint, the following is only APPROXIMATE to the actual memory footprint of the model at runtime. Take the information at your discretion.
-Memory footprint delta from the start of the tool (MB): init=4.21094 overall=46.0859
-Profiling Info for Benchmark Initialization:
-Timings (microseconds): count=1 curr=1356
-Memory (bytes): count=0
-1 nodes observed
-
-Operator-wise Profiling Info for Regular Benchmark Runs:
-Number of nodes executed: 31
-Timings (microseconds): count=50 first=2989660 curr=2912978 min=2727203 max=3189476 avg=2.9499e+06 std=109770
-Memory (bytes): count=0
-31 nodes observed
-"""
+# (benchmark_model on qemuriscv64, with --enable_op_profiling=true; profiler tables cut,
+# their "Timings (microseconds)" summaries kept). Also what the fake adb's benchmark_model prints.
+BENCHMARK_MODEL_RISCV = (Path(__file__).parent / "data/benchmark_model_riscv64.log").read_text()
 
 # https://github.com/lp6m/yolov5s_android/blob/master/benchmark/README.md
 # (Xiaomi Mi11, benchmark_model built from TensorFlow v2.4.0: older memory line).

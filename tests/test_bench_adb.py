@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from helpers import assert_failed_result, assert_raised_error
@@ -189,31 +190,14 @@ case "$1" in
 esac
 """
 
-# FAKE benchmark_model: prints a real benchmark_model log (qemuriscv64 run published at
-# https://github.com/NobuoTsukamoto/meta-tensorflow-lite/blob/main/doc/tensorflow-lite-benchmark.md,
-# op-profiler tables left out) and records the flags it was given.
+# FAKE benchmark_model: prints a real benchmark_model log (tests/data/benchmark_model_riscv64.log,
+# a qemuriscv64 run published at
+# https://github.com/NobuoTsukamoto/meta-tensorflow-lite/blob/main/doc/tensorflow-lite-benchmark.md)
+# and records the flags it was given.
 FAKE_BENCHMARK_MODEL = """\
 #!/bin/sh
 echo "$@" | sed "s#$FAKE_ADB_ROOT##g" > "$FAKE_ADB_ROOT/benchmark_model.args"
-cat <<'EOF'
-STARTING!
-Log parameter values verbosely: [0]
-Num threads: [4]
-Graph: [./mobilenet_v1_1.0_224.tflite]
-#threads used for CPU inference: [4]
-Loaded model ./mobilenet_v1_1.0_224.tflite
-The input model file size (MB): 16.9008
-Initialized session in 17.187ms.
-Running benchmark for at least 1 iterations and at least 0.5 seconds but terminate if exceeding 150 seconds.
-count=1 curr=3512391
-
-Running benchmark for at least 50 iterations and at least 1 seconds but terminate if exceeding 150 seconds.
-count=50 first=2990275 curr=2913402 min=2727568 max=3189954 avg=2.95034e+06 std=109798
-
-Inference timings in us: Init: 17187, First inference: 3512391, Warmup (avg): 3.51239e+06, Inference (avg): 2.95034e+06
-Note: as the benchmark tool itself affects memory footprint, the following is only APPROXIMATE to the actual memory footprint of the model at runtime. Take the information at your discretion.
-Memory footprint delta from the start of the tool (MB): init=4.21094 overall=46.0859
-EOF
+cat "$FAKE_BENCHMARK_LOG"
 """
 
 
@@ -232,6 +216,7 @@ def fake_adb(tmp_path, monkeypatch):
         path.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_ADB_ROOT", str(root))
+    monkeypatch.setenv("FAKE_BENCHMARK_LOG", str(Path(__file__).parent / "data/benchmark_model_riscv64.log"))
     monkeypatch.setenv("FAKE_ADB_DEVICES", "R58M123ABC:device")
     return root, tmp_path / "benchmark_model"
 
