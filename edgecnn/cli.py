@@ -12,9 +12,35 @@ import traceback
 
 import click
 
-from edgecnn.errors import EdgecnnError
+from edgecnn.errors import EdgecnnError, FilesystemError
+
+# errno name -> what a person should do about it.
+_OS_ERROR_FIXES = {
+    "EROFS": "the file system is read-only; choose a writable location",
+    "ENOSPC": "the disk is full; free some space or choose another disk",
+    "EDQUOT": "the disk quota is exhausted; free some space or choose another disk",
+    "EACCES": "permission denied; choose a location you can write to, or fix its permissions",
+    "EPERM": "operation not permitted; choose a location you can write to",
+    "ENOTDIR": "a path component is a file, not a folder; choose another path",
+    "EISDIR": "this is a folder, not a file; give a file path",
+    "ENOENT": "no such file or folder; check the path",
+    "EEXIST": "already exists; choose another path",
+    "ENAMETOOLONG": "the path is too long; choose a shorter one",
+    "EMFILE": "too many open files; raise the limit (ulimit -n) and retry",
+}
 
 INTERNAL_ERROR_EXIT = 70
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line: the path, the OS's reason and the fix (for the error line of every command)."""
+    import errno as _errno
+
+    name = _errno.errorcode.get(exc.errno or 0, "")
+    path = exc.filename if exc.filename is not None else "(unknown path)"
+    reason = exc.strerror or str(exc)
+    fix = _OS_ERROR_FIXES.get(name, "check the path and retry")
+    return f"{path}: {reason}{f' ({name})' if name else ''}; {fix}"
 
 
 class _Cli(click.Group):
@@ -34,6 +60,13 @@ class _Cli(click.Group):
             sys.exit(130)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort, SystemExit):
             raise
+        except OSError as exc:
+            # Read-only folders, full disks, permissions, a file where a folder belongs:
+            # the user's environment, not an edgecnn bug. One line naming the path.
+            if debug:
+                traceback.print_exc()
+            click.echo(f"error: {describe_os_error(exc)}", err=True)
+            sys.exit(FilesystemError.exit_code)
         except Exception as exc:  # an edgecnn bug or an unexpected library failure
             if debug:
                 traceback.print_exc()
@@ -45,14 +78,47 @@ class _Cli(click.Group):
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--debug", is_flag=True, help="Show Python tracebacks on errors.")
+@click.option("--debug", is_flag=True, help="Show Python tracebacks on errors (and native log lines).")
+@click.option("-v", "--verbose", is_flag=True, help="Show TensorFlow's and the converter's native log lines.")
 @click.version_option(package_name="edgecnn")
-def main(debug: bool) -> None:
+def main(debug: bool, verbose: bool) -> None:
     """edgecnn: images and a big model in, a small accurate int8 .tflite out, measured."""
-    if debug:
-        import os
+    import os
 
+    if debug:
         os.environ["EDGECNN_DEBUG"] = "1"  # keeps TensorFlow's native log lines visible
+    if verbose or debug:
+        os.environ["EDGECNN_VERBOSE"] = "1"
+
+
+def _ssh_options(command):
+    """The SSH connection options bench and verify share (one definition, same help)."""
+    options = [
+        click.option("--remote-python", default="python3", show_default=True,
+                     help="ssh targets: the device's Python (a name on its PATH, or e.g. ~/venv/bin/python)."),
+        click.option("--identity", type=click.Path(dir_okay=False), help="ssh targets: private key file (ssh -i)."),
+        click.option("--known-hosts", type=click.Path(dir_okay=False),
+                     help="ssh targets: known-hosts file to check host keys in (default ~/.ssh/known_hosts)."),
+        click.option("--accept-new-host-key", is_flag=True,
+                     help="ssh targets: trust and record the key of a host never seen before (a changed key is "
+                          "still refused)."),
+        click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
+                     show_default=True, help="ssh targets: seconds to wait for the connection."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _ssh_settings(remote_python: str, identity: str | None, known_hosts: str | None, accept_new_host_key: bool,
+                  connect_timeout: float):
+    from pathlib import Path
+
+    from edgecnn.bench.harness import SshOptions
+
+    return SshOptions(remote_python=remote_python, identity=Path(identity) if identity else None,
+                      known_hosts=Path(known_hosts) if known_hosts else None,
+                      accept_new_host_key=accept_new_host_key, connect_timeout_s=connect_timeout)
 
 
 @main.command()
@@ -61,12 +127,14 @@ def main(debug: bool) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe value, e.g. --set distill.temperature=2 (repeatable).")
 @click.option("-q", "--quiet", is_flag=True, help="No live progress bars; one line per epoch (for CI logs).")
-def build(recipe: str, out_dir: str | None, overrides: tuple[str, ...], quiet: bool) -> None:
+@click.option("--wait/--no-wait", default=False, show_default=True,
+              help="When another build holds the run directory: wait for it to finish, or fail at once.")
+def build(recipe: str, out_dir: str | None, overrides: tuple[str, ...], quiet: bool, wait: bool) -> None:
     """Run the pipeline of RECIPE: data, teacher, student, export, quantize, evaluate, report."""
     from edgecnn.pipeline import build as run_build
     from edgecnn.progress import Progress
 
-    result = run_build(recipe, out_dir=out_dir, overrides=overrides, progress=Progress(quiet=quiet))
+    result = run_build(recipe, out_dir=out_dir, overrides=overrides, progress=Progress(quiet=quiet), wait=wait)
     click.echo(f"run directory: {result.out_dir}")
     for model in result.report["models"]:
         if model["kind"] == "tflite":
@@ -168,15 +236,7 @@ def list_models() -> None:
               help="Append each result to this run directory (bench.jsonl) or .jsonl file.")
 @click.option("--compare", "compare_paths", nargs=2, type=click.Path(dir_okay=False), metavar="A B",
               help="Compare two saved results (the last one in each file) instead of running.")
-@click.option("--remote-python", default="python3", show_default=True,
-              help="ssh targets: the device's Python (a name on its PATH, or e.g. ~/venv/bin/python).")
-@click.option("--identity", type=click.Path(dir_okay=False), help="ssh targets: private key file (ssh -i).")
-@click.option("--known-hosts", type=click.Path(dir_okay=False),
-              help="ssh targets: known-hosts file to check host keys in (default ~/.ssh/known_hosts).")
-@click.option("--accept-new-host-key", is_flag=True,
-              help="ssh targets: trust and record the key of a host never seen before (a changed key is still refused).")
-@click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
-              help="ssh targets: seconds to wait for the connection.")
+@_ssh_options
 @click.option("--benchmark-binary", type=click.Path(dir_okay=False),
               help="android targets: TFLite benchmark_model for the phone (else /data/local/tmp/benchmark_model).")
 @click.option("--android-delegate", type=click.Choice(["none", "xnnpack", "gpu", "nnapi"]), default="none",
@@ -208,12 +268,10 @@ def bench(model: str | None, targets: tuple[str, ...], threads: int, runs: int, 
         raise click.UsageError("give MODEL.tflite to benchmark, or --compare A.json B.json")
     from pathlib import Path
 
-    from edgecnn.bench.harness import AdbOptions, SshOptions, run_benchmarks
+    from edgecnn.bench.harness import AdbOptions, run_benchmarks
     from edgecnn.bench.schema import append_result, format_result
 
-    ssh = SshOptions(remote_python=remote_python, identity=Path(identity) if identity else None,
-                     known_hosts=Path(known_hosts) if known_hosts else None,
-                     accept_new_host_key=accept_new_host_key, connect_timeout_s=connect_timeout)
+    ssh = _ssh_settings(remote_python, identity, known_hosts, accept_new_host_key, connect_timeout)
     adb = AdbOptions(benchmark_binary=Path(benchmark_binary) if benchmark_binary else None,
                      delegate=android_delegate)
 
@@ -237,15 +295,17 @@ def bench(model: str | None, targets: tuple[str, ...], threads: int, runs: int, 
 
 @main.command("bundle")
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Bundle folder to write (replaced).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Bundle folder to write: new or empty (an edgecnn bundle there needs --force).")
+@click.option("--force", is_flag=True, help="Replace an existing bundle edgecnn wrote (never another folder).")
 @click.option("--model", "which", type=click.Choice(["int8", "float32", "all"]), default="int8", show_default=True,
               help="Which model(s) of the run to ship.")
 @click.option("--samples", type=click.IntRange(min=1), default=32, show_default=True, help="Golden test images per model.")
-def bundle(run_dir: str, out_dir: str, which: str, samples: int) -> None:
+def bundle(run_dir: str, out_dir: str, force: bool, which: str, samples: int) -> None:
     """Pack RUN_DIR's model, labels, golden samples and the device runner into a checked folder."""
     from edgecnn.export.bundle import write_bundle
 
-    out = write_bundle(run_dir, out_dir, model=which, samples=samples)
+    out = write_bundle(run_dir, out_dir, model=which, samples=samples, force=force)
     click.echo(f"bundle: {out} (check it with: edgecnn verify {out})")
 
 
@@ -256,12 +316,15 @@ def bundle(run_dir: str, out_dir: str, which: str, samples: int) -> None:
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=300.0, show_default=True,
               help="Seconds before a runner process is killed.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def verify(bundle_dir: str, target: str, threads: int, timeout_s: float, as_json: bool) -> None:
+@_ssh_options
+def verify(bundle_dir: str, target: str, threads: int, timeout_s: float, as_json: bool, remote_python: str,
+           identity: str | None, known_hosts: str | None, accept_new_host_key: bool, connect_timeout: float) -> None:
     """Check BUNDLE_DIR's sha256s, then run its golden inputs on the target and compare with the host."""
     from edgecnn.errors import DeviceError
     from edgecnn.export.bundle import format_verify, verify_bundle
 
-    report = verify_bundle(bundle_dir, target=target, timeout_s=timeout_s, threads=threads)
+    ssh = _ssh_settings(remote_python, identity, known_hosts, accept_new_host_key, connect_timeout)
+    report = verify_bundle(bundle_dir, target=target, timeout_s=timeout_s, threads=threads, ssh=ssh)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_verify(report))
     if not report.ok:
         sys.exit(DeviceError.exit_code)

@@ -41,3 +41,10 @@ class MissingDependencyError(EdgecnnError):
     """An optional dependency is not installed; the message names the pip extra or the package."""
 
     exit_code = 6
+
+
+class FilesystemError(EdgecnnError):
+    """An output path cannot be written (read-only, full disk, permissions, not a folder),
+    or holds files edgecnn did not create and will not replace."""
+
+    exit_code = 7

@@ -303,25 +303,52 @@ def random_input(detail, rng):
     return np.zeros(shape, dtype)
 
 
-def quantize(x, detail):
-    """Real values to what the input tensor holds: TFLite's affine quantization.
+def round_half_away_from_zero(v):
+    """``std::round`` on a float array: halves go away from zero (TFLite's ``TfLiteRound``).
 
-    ``q = clip(round_half_away_from_zero(x / scale) + zero_point)`` for a quantized
-    integer input; other inputs are cast.
+    ``v - trunc(v)`` is exact in floating point, so the half test never suffers the
+    ``floor(v + 0.5)`` error (0.49999997 + 0.5 rounds up to 1.0 in float32).
     """
-    dtype = np.dtype(detail["dtype"])
+    t = np.trunc(v)
+    return t + np.where(np.abs(v - t) >= 0.5, np.sign(v), 0).astype(v.dtype)
+
+
+def quantize_values(x, dtype, scale, zero_point):
+    """THE input quantization rule of edgecnn, used by evaluation, this runner, verify and the demo.
+
+    It is TFLite's reference QUANTIZE kernel (``reference_ops::AffineQuantize``)::
+
+        q = clamp(round_half_away_from_zero(float32(x) / float32(scale)) + zero_point,
+                  dtype.min, dtype.max)
+
+    * arithmetic: float32 throughout (``x`` is cast to float32 first, as the kernel
+      reads float32 inputs); the division is by ``scale``, not a multiplication by
+      ``1 / scale``, which can differ in the last bit and flip a borderline sample;
+    * rounding: half away from zero (``std::round``), not numpy's half-to-even;
+    * clipping: to the integer dtype's full range after adding the zero point.
+
+    A non-quantized integer input (``scale == 0``) is rounded and clipped the same way;
+    a float input is cast. One definition, so the same file on the same runtime always
+    reports the same accuracy, whichever edgecnn command ran it.
+    """
+    dtype = np.dtype(dtype)
+    x = np.asarray(x)
     if dtype.kind not in "iu":
-        return np.asarray(x).astype(dtype)
-    scale, zero_point = detail.get("quantization", (0.0, 0))
-    # float64 keeps x/scale + zero_point exact enough for 16-bit types too.
-    v = np.asarray(x, dtype=np.float64)
+        return x.astype(dtype, copy=False)
+    v = x.astype(np.float32, copy=False)
     if scale:
-        v = v / scale
-    v = np.sign(v) * np.floor(np.abs(v) + 0.5)
+        v = v / np.float32(scale)
+    v = round_half_away_from_zero(v)
     if scale:
-        v = v + zero_point
+        v = v.astype(np.float64) + int(zero_point)  # integers: exact in float64
     info = np.iinfo(dtype)
     return np.clip(v, info.min, info.max).astype(dtype)
+
+
+def quantize(x, detail):
+    """Real values to what the input tensor of ``detail`` (an interpreter detail dict) holds."""
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    return quantize_values(x, detail["dtype"], scale, zero_point)
 
 
 def load_samples(path, detail):

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from edgecnn.bench.runner import quantize_values
 from edgecnn.errors import DataError, MissingDependencyError, ModelFileError
 
 __all__ = [
@@ -225,9 +226,10 @@ def output_specs(interpreter) -> list[IoSpec]:
 def quantize_input(x_float: np.ndarray, spec: IoSpec) -> np.ndarray:
     """Convert real values to what the input tensor holds.
 
-    For a quantized tensor, ``q = clip(round(x / scale) + zero_point, qmin, qmax)``,
-    rounding half away from zero like TFLite's QUANTIZE kernel. Float tensors are cast;
-    un-quantized integer tensors are rounded and clipped to the dtype's range.
+    Applies edgecnn's one input quantization rule,
+    :func:`edgecnn.bench.runner.quantize_values` (TFLite's reference QUANTIZE kernel:
+    float32 ``x / scale``, rounding half away from zero, plus the zero point, clipped to
+    the dtype). The device runner, evaluation, ``verify`` and the demo all use it.
 
     Args:
         x_float: real-valued input.
@@ -236,18 +238,7 @@ def quantize_input(x_float: np.ndarray, spec: IoSpec) -> np.ndarray:
     Returns:
         An array of ``spec.dtype`` with the shape of ``x_float``.
     """
-    x = np.asarray(x_float)
-    if spec.dtype.kind not in "iu":
-        return x.astype(spec.dtype, copy=False)
-    info = np.iinfo(spec.dtype)
-    # float64 keeps x/scale + zero_point exact enough for 16-bit types too.
-    v = x.astype(np.float64)
-    if spec.is_quantized:
-        v = v / spec.scale
-    v = np.sign(v) * np.floor(np.abs(v) + 0.5)
-    if spec.is_quantized:
-        v = v + spec.zero_point
-    return np.clip(v, info.min, info.max).astype(spec.dtype)
+    return quantize_values(x_float, spec.dtype, spec.scale if spec.is_quantized else 0.0, spec.zero_point)
 
 
 def dequantize_output(y: np.ndarray, spec: IoSpec) -> np.ndarray:
