@@ -150,10 +150,12 @@ def build(recipe: str, out_dir: str | None, overrides: tuple[str, ...], quiet: b
 def validate(recipe: str, overrides: tuple[str, ...], as_json: bool) -> None:
     """Check RECIPE and print the resolved plan, without importing TensorFlow."""
     from edgecnn.pipeline import planned_stages
-    from edgecnn.recipe import load_recipe
+    from edgecnn.recipe import load_recipe, recipe_warnings
 
     r = load_recipe(recipe, overrides)
     plan = planned_stages(r)
+    for warning in recipe_warnings(r):
+        click.echo(f"warning: {warning}", err=True)
     if as_json:
         click.echo(json.dumps({"recipe": r.to_dict(), "recipe_hash": r.recipe_hash,
                                "stages": [{"name": s.name, "does": s.describe(r)} for s in plan]}, indent=2))

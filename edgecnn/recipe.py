@@ -433,3 +433,22 @@ def recipe_schema() -> dict:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "edgecnn recipe"
     return schema
+
+
+# --------------------------------------------------------------------------- advice
+
+
+def inherited_settings(recipe: Recipe) -> dict[str, str]:
+    """Dotted recipe keys whose values came from an ``extends:`` parent -> that parent's file.
+
+    (Interface for the build log and the report; filled in by the recipe loader.)
+    """
+    return dict(getattr(recipe, "_inherited", {}) or {})
+
+
+def recipe_warnings(recipe: Recipe) -> list[str]:
+    """Advice about a valid recipe that probably does not do what its author meant.
+
+    ``edgecnn validate`` and ``edgecnn build`` print each as a ``warning:`` line.
+    """
+    return []

@@ -265,7 +265,8 @@ def run_bundle(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
     """A deploy bundle of every produced model in ``bundle/`` (see edgecnn.export.bundle)."""
     from edgecnn.export.bundle import write_bundle
 
-    path = write_bundle(ctx.out_dir, ctx.path(BUNDLE_DIR), model="all", recipe=recipe)
+    # The bundle folder is this stage's own output inside the run directory: replace it.
+    path = write_bundle(ctx.out_dir, ctx.path(BUNDLE_DIR), model="all", recipe=recipe, force=True)
     ctx.progress.line(f"    {path}: verify it with 'edgecnn verify {path}'")
     return StageResult({"bundle": path}, {})
 
