@@ -32,10 +32,17 @@ def test_coral_meets_the_reference(row, coral_target, tmp_path_factory):
         assert abs(result["accuracy"] - cpu_accuracy) <= 0.01, (result["accuracy"], cpu_accuracy)
 
 
-def test_coral_target_runs_an_uncompiled_model(coral_target):
-    """An uncompiled model on the Edge TPU target still runs (on the CPU, through the delegate)."""
+def test_coral_target_runs_an_uncompiled_model(coral_target, tmp_path_factory):
+    """An uncompiled model on the Edge TPU target still runs, on the CPU through the delegate
+    (which takes no node of it), so its outputs are exactly those of the plain CPU run."""
     from edgecnn.bench.harness import run_benchmark
 
     model = model_or_skip(reference_rows("pi4.csv")[0])
-    result = run_benchmark(model, coral_target, runs=5, warmup=1, timeout_s=300)
+    samples = samples_for(model, tmp_path_factory.mktemp("samples"))
+    result = run_benchmark(model, coral_target, runs=5, warmup=1, timeout_s=300, inputs_npz=samples)
     assert result["status"] == "ok", result["reason"]
+    assert result["delegate"] and result["delegate"].startswith("edgetpu:")
+    cpu = run_benchmark(model, "local", runs=5, warmup=1, timeout_s=300, inputs_npz=samples)
+    assert cpu["status"] == "ok", cpu["reason"]
+    assert result["samples"] == cpu["samples"] > 0
+    assert result["outputs_sha256"] == cpu["outputs_sha256"] and result["accuracy"] == cpu["accuracy"]

@@ -175,3 +175,25 @@ def assert_failed_result(result: dict, *needles: str) -> str:
         assert needle in reason, (needle, reason)
     assert result["latency_ms"] is None
     return reason
+
+
+# ------------------------------------------------------------------ fakes (tests/fakes)
+
+FAKES = Path(__file__).resolve().parent / "fakes"
+
+
+def build_fake_libedgetpu(directory: Path) -> Path:
+    """Compile ``tests/fakes/libedgetpu.c`` into ``directory/libedgetpu.so.1``.
+
+    Put ``directory`` on ``LD_LIBRARY_PATH`` of a child process and the runtime's
+    ``load_delegate("libedgetpu.so.1")`` finds it as it would find the real library. See
+    the C file for what the fake does and does not do. The caller skips when gcc is
+    missing (``shutil.which("gcc")``).
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    library = directory / "libedgetpu.so.1"
+    # The soname is the real library's, so the dynamic linker treats it as that library.
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-Wall", "-Wl,-soname,libedgetpu.so.1",
+                    "-o", str(library), str(FAKES / "libedgetpu.c")],
+                   check=True, capture_output=True, text=True, timeout=60)
+    return library

@@ -181,9 +181,17 @@ def test_threshold_hides_low_scores(model, tmp_path):
     log = tmp_path / "t.jsonl"
     folder = tmp_path / "one"
     folder.mkdir()
-    cv2.imwrite(str(folder / "a.png"), _fashion_frames(1)[0])
-    run_demo(model, str(folder), top=10, threshold=0.5, headless=True, log=log)
-    assert all(p["score"] >= 0.5 for p in _logged(log)[0]["predictions"])
+    frame = _fashion_frames(1)[0]
+    cv2.imwrite(str(folder / "a.png"), frame)
+    # A threshold between the 3rd and 4th best scores of this frame (computed without the
+    # demo) must keep exactly the top 3 of the 10 asked for: an empty list cannot pass.
+    ranked = _reference(model, [cv2.imread(str(folder / "a.png"))], k=10)[0]
+    scores = [s for _, _, s in ranked]
+    assert scores[2] > scores[3], "the 3rd and 4th scores tie; pick another frame"
+    threshold = (scores[2] + scores[3]) / 2
+    run_demo(model, str(folder), top=10, threshold=threshold, headless=True, log=log)
+    shown = [(p["index"], p["label"], p["score"]) for p in _logged(log)[0]["predictions"]]
+    assert shown == ranked[:3]
 
 
 def _demo_cli(*args) -> subprocess.CompletedProcess:

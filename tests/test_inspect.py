@@ -160,7 +160,7 @@ def test_summary_of_float_and_int8_models(models):
 def test_io_matches_interpreter(models, kind):
     s = inspect_tflite(models[kind])
     for ours, theirs in zip((s.inputs, s.outputs), _litert_details(models[kind])):
-        assert len(ours) == len(theirs)
+        assert len(ours) == len(theirs) > 0
         for t, d in zip(ours, theirs):
             assert (t.index, t.name) == (d["index"], d["name"])
             assert t.shape == tuple(d["shape"])
@@ -430,41 +430,57 @@ def test_load_interpreter_errors(models, monkeypatch, tmp_path):
         rt.runtime_name_version()
 
 
-class _BatchOneInterpreter:
-    """Stand-in interpreter whose signature says batch -1 but which refuses batch > 1."""
+def _batch_one_model() -> bytes:
+    """A real TFLite model whose signature says batch -1 but which only runs batch 1.
 
-    def __init__(self):
-        self.shape = [1, 2]
-        self.x = None
+    One RESHAPE to the constant shape [1, 2], int8 in (scale 0.5, zero point 1) and out
+    (scale 0.25, zero point 0): the runtime refuses any other batch when it allocates, as
+    models with a fixed reshape inside do, and batch 1 returns the raw input values.
+    """
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
 
-    def get_input_details(self):
-        return [{"name": "in", "index": 0, "shape": np.array(self.shape), "dtype": np.int8,
-                 "shape_signature": np.array([-1, 2]), "quantization": (0.5, 1)}]
+    def tensor(name, shape, buffer, ttype=schema.TensorType.INT8, scale=None, zero_point=None):
+        t = schema.TensorT()
+        t.name, t.shape, t.type, t.buffer = name, shape, ttype, buffer
+        t.shapeSignature = [-1, *shape[1:]] if scale is not None else shape
+        if scale is not None:
+            t.quantization = schema.QuantizationParametersT()
+            t.quantization.scale, t.quantization.zeroPoint = [scale], [zero_point]
+        return t
 
-    def get_output_details(self):
-        return [{"name": "out", "index": 1, "shape": np.array(self.shape), "dtype": np.int8,
-                 "shape_signature": np.array([-1, 2]), "quantization": (0.25, 0)}]
-
-    def resize_tensor_input(self, index, shape):
-        self.shape = list(shape)
-
-    def allocate_tensors(self):
-        if self.shape[0] != 1:
-            raise RuntimeError("batch must be 1")
-
-    def set_tensor(self, index, value):
-        assert value.dtype == np.int8 and list(value.shape) == self.shape
-        self.x = value
-
-    def invoke(self):
-        pass
-
-    def get_tensor(self, index):
-        return self.x  # identity on the raw int8 values
+    model = schema.ModelT()
+    model.version = 3
+    code = schema.OperatorCodeT()
+    code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.RESHAPE
+    code.version = 1
+    model.operatorCodes = [code]
+    model.buffers = [schema.BufferT() for _ in range(4)]  # 0: the schema's empty sentinel
+    model.buffers[2].data = list(np.array([1, 2], np.int32).tobytes())
+    graph = schema.SubGraphT()
+    graph.name = "main"
+    graph.tensors = [tensor("in", [1, 2], 1, scale=0.5, zero_point=1),
+                     tensor("shape", [2], 2, ttype=schema.TensorType.INT32),
+                     tensor("out", [1, 2], 3, scale=0.25, zero_point=0)]
+    op = schema.OperatorT()
+    op.opcodeIndex, op.inputs, op.outputs = 0, [0, 1], [2]
+    graph.operators, graph.inputs, graph.outputs = [op], [0], [2]
+    model.subgraphs = [graph]
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
 
 
 def test_predict_falls_back_to_one_sample_per_invoke():
+    pytest.importorskip("ai_edge_litert", reason="builds its model with ai_edge_litert's schema")
+    data = _batch_one_model()
+    probe = load_interpreter(data)
+    probe.resize_tensor_input(0, [4, 2])
+    with pytest.raises(RuntimeError, match="RESHAPE"):
+        probe.allocate_tensors()  # the real runtime refuses batch 4: the path under test
+    interpreter = load_interpreter(data)
     x = np.arange(10, dtype=np.float32).reshape(5, 2)
-    out = predict(_BatchOneInterpreter(), x, batch_size=4)
+    out = predict(interpreter, x, batch_size=4)
     # q = round(x / 0.5) + 1, read back as (q - 0) * 0.25
-    assert np.allclose(out, (np.round(x / 0.5) + 1) * 0.25)
+    assert np.array_equal(out, (np.round(x / 0.5) + 1) * 0.25)
+    assert interpreter.get_input_details()[0]["shape"].tolist() == [1, 2]

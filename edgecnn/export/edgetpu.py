@@ -3,11 +3,18 @@
 The compiler is a closed-source x86-64 Linux binary from the Coral apt repository
 (package ``edgetpu-compiler``); edgecnn never installs it. :func:`compile_edgetpu` runs
 ``edgetpu_compiler -s -o TMPDIR MODEL`` in a temporary folder inside the output folder,
-parses its report with :func:`~edgecnn.bench.parsers.parse_edgetpu_compiler_log`, and
+parses its report with :func:`~edgecnn.bench.parsers.parse_edgetpu_compiler_log`, checks
+with the bounded flatbuffer reader that the output really holds the ``edgetpu-custom-op``
+(a compiler that maps nothing, or a stand-in that copies its input, is refused), and
 moves ``<name>_edgetpu.tflite`` (and the compiler's ``<name>_edgetpu.log``) into place
-with an atomic rename, next to the parsed report ``<name>_edgetpu.json``. TFLite
-metadata (labels, normalization) of the source model is carried over when the compiled
-model lacks it.
+with an atomic rename, next to the parsed report ``<name>_edgetpu.json``, which records
+the sha256 of each file written. TFLite metadata (labels, normalization) of the source
+model is carried over when the compiled model lacks it or lost part of it.
+
+The output folder may be any folder of the user's: edgecnn writes only those three
+names, and replaces one only when it is the output of an earlier compile there (the
+earlier report names it and, for the model and log, records its sha256); any other file
+of that name is refused with one line, never overwritten.
 
 Operations the Edge TPU cannot run fall back to the CPU (and split the graph into
 several Edge TPU subgraphs). :func:`cpu_fallback_problem` is the pure policy behind
@@ -24,8 +31,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgecnn.errors import MissingDependencyError, ModelFileError
-from edgecnn.fileio import write_json_atomic
+from edgecnn.errors import FilesystemError, MissingDependencyError, ModelFileError
+from edgecnn.fileio import sha256_file, write_json_atomic
 
 __all__ = ["COMPILE_TARGETS", "COMPILER", "EdgeTpuCompileResult", "find_edgetpu_compiler", "cpu_fallback_problem",
            "format_compile_summary", "compile_edgetpu"]
@@ -150,8 +157,11 @@ def compile_edgetpu(model: str | os.PathLike, out_dir: str | os.PathLike | None 
     Raises:
         MissingDependencyError: ``edgetpu_compiler`` is not installed.
         ModelFileError: ``model`` is not a TFLite file, is already compiled, has float
-            weights, the compiler fails, or (with ``fail_on_cpu_ops``) ops fall back to
-            the CPU -- one line each, naming the fix.
+            weights, the compiler fails or its output holds no ``edgetpu-custom-op``, or
+            (with ``fail_on_cpu_ops``) ops fall back to the CPU -- one line each, naming
+            the fix.
+        FilesystemError: an output name in ``out_dir`` is taken by a file an earlier
+            compile there did not write.
     """
     from edgecnn.bench.local import is_edgetpu_model
     from edgecnn.bench.parsers import parse_edgetpu_compiler_log
@@ -172,6 +182,7 @@ def compile_edgetpu(model: str | os.PathLike, out_dir: str | os.PathLike | None 
     stem = model.stem
     targets = {"model": out / f"{stem}_edgetpu.tflite", "log": out / f"{stem}_edgetpu.log",
                "report": out / f"{stem}_edgetpu.json"}
+    previous = _check_replaceable(targets)
 
     # ".tmp-" like every partial file: clean_stale_temporaries removes a killed run's folder.
     work = Path(tempfile.mkdtemp(prefix=".tmp-edgetpu.", dir=out))
@@ -194,23 +205,120 @@ def compile_edgetpu(model: str | os.PathLike, out_dir: str | os.PathLike | None 
             for key in ("operators", "ops_by_operator", "cpu_fallback_ops", "cpu_fallback_reasons",
                         "has_operator_table"):
                 parsed[key] = table[key]
-        from edgecnn.export.metadata import copy_metadata, has_metadata
-
-        if has_metadata(model) and not has_metadata(produced):
-            copy_metadata(model, produced)  # labels and normalization survive the compile
+        _require_edgetpu_op(produced, model, compiler, parsed)
+        _carry_metadata(model, produced)
         parsed["source_model"] = str(model)
         parsed["output_model"] = targets["model"].name
         parsed["operation_log"] = targets["log"].name if log_file.is_file() else None
+        problem = cpu_fallback_problem(parsed) if fail_on_cpu_ops else None
+        if problem:
+            # Only the report is written; an earlier compile's model would look deployable.
+            parsed["files"] = {}
+            report = write_json_atomic(targets["report"], parsed)
+            for key in ("model", "log"):
+                if targets[key].name in previous:
+                    targets[key].unlink(missing_ok=True)
+            raise ModelFileError(f"{model}: {problem}; --fail-on-cpu-ops refuses it (report: {report})")
+        written = {targets["model"].name: sha256_file(produced)}
+        if log_file.is_file():
+            written[targets["log"].name] = sha256_file(log_file)
+        parsed["files"] = written  # sha256 of what this compile wrote: a later one may replace them
         report = write_json_atomic(targets["report"], parsed)
-        if fail_on_cpu_ops:
-            problem = cpu_fallback_problem(parsed)
-            if problem:
-                raise ModelFileError(f"{model}: {problem}; --fail-on-cpu-ops refuses it (report: {report})")
         os.replace(produced, targets["model"])  # same folder tree: atomic
         log_path = None
         if log_file.is_file():
             os.replace(log_file, targets["log"])
             log_path = targets["log"]
+        elif targets["log"].name in previous:
+            targets["log"].unlink(missing_ok=True)  # an earlier compile's log would describe another model
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return EdgeTpuCompileResult(targets["model"], report, log_path, parsed)
+
+
+def _require_edgetpu_op(produced: Path, model: Path, compiler: str, parsed: dict) -> None:
+    """Refuse a compiler output that is not a TFLite model holding the ``edgetpu-custom-op``.
+
+    A compiler that could map no operation (or a stand-in that copies its input) writes a
+    file that runs entirely on the CPU; shipping it as ``*_edgetpu.tflite`` would be a lie.
+    The message carries the compiler's reasons per operator when it printed them.
+    """
+    from edgecnn.bench.local import EDGETPU_CUSTOM_OP, is_edgetpu_model
+    from edgecnn.export.inspect_tflite import inspect_tflite
+
+    try:
+        summary = inspect_tflite(produced)
+    except ModelFileError as exc:
+        detail = str(exc).removeprefix(f"{produced}: ").split(";")[0]
+        raise ModelFileError(f"{model}: {compiler} wrote an output that is not a valid TFLite model ({detail}); "
+                             f"check that it is Google's {COMPILER} ('{COMPILER} --version')") from None
+    if not is_edgetpu_model(summary):
+        problem = cpu_fallback_problem(parsed)
+        raise ModelFileError(f"{model}: {compiler} produced no Edge TPU op (its output has no {EDGETPU_CUSTOM_OP}, "
+                             f"so every operation would run on the CPU{'; ' + problem if problem else ''}); "
+                             f"the Edge TPU needs a full-integer int8 "
+                             f"model with static shapes and supported ops "
+                             f"(https://coral.ai/docs/edgetpu/models-intro/), compiled by Google's {COMPILER}")
+
+
+def _carry_metadata(model: Path, produced: Path) -> None:
+    """Give the compiled model the source's metadata unless it kept all of it.
+
+    Compilers that re-pack the flatbuffer may keep the ``TFLITE_METADATA`` entry but lose
+    the labels packed after it, so "has metadata" is not enough: compare what is read.
+    """
+    from edgecnn.export.metadata import copy_metadata, has_metadata, read_metadata
+
+    if not has_metadata(model):
+        return
+    try:
+        kept = read_metadata(produced) == read_metadata(model)
+    except ModelFileError:
+        kept = False  # the entry is there but its labels are not: copy it whole
+    if not kept:
+        copy_metadata(model, produced)  # labels and normalization survive the compile
+
+
+def _check_replaceable(targets: dict[str, Path]) -> set[str]:
+    """Names among ``targets`` that exist and an earlier compile here wrote; refuse any other.
+
+    Returns:
+        The existing file names that may be replaced (or removed).
+
+    Raises:
+        FilesystemError: a target name exists and is not an earlier compile's output.
+    """
+    import json
+
+    report = targets["report"]
+    previous: dict | None = None
+    if report.is_file() and not report.is_symlink():
+        try:
+            data = json.loads(report.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            data = None
+        if isinstance(data, dict) and data.get("output_model") == targets["model"].name and "source_model" in data:
+            previous = data
+    replaceable: set[str] = set()
+    for key in ("report", "model", "log"):
+        path = targets[key]
+        if not (path.exists() or path.is_symlink()):
+            continue
+        ok = previous is not None and path.is_file() and not path.is_symlink()
+        if ok and key != "report":
+            files = previous.get("files")
+            if isinstance(files, dict):
+                ok = files.get(path.name) == sha256_file(path)
+            else:  # a report from before sha256 were recorded: trust the names it gives
+                ok = path.name in (previous.get("output_model"), previous.get("operation_log"))
+        if not ok:
+            if not path.is_file() or path.is_symlink():
+                why = "is not a file edgecnn wrote"
+            elif key == "report" or previous is None:
+                why = f"is not the output of an earlier edgecnn compile ({report.name} does not record it)"
+            else:
+                why = f"has changed since edgecnn wrote it (its sha256 is not the one {report.name} records)"
+            raise FilesystemError(f"{path}: exists and {why}; move it away or choose another --out "
+                                  f"(edgecnn never overwrites what it did not write)")
+        replaceable.add(path.name)
+    return replaceable

@@ -23,10 +23,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgecnn.bench.runner import quantize_values
-from edgecnn.errors import DataError, MissingDependencyError, ModelFileError
+from edgecnn.errors import DataError, DeviceError, MissingDependencyError, ModelFileError
 
 __all__ = [
     "IoSpec",
+    "load_delegate",
     "load_interpreter",
     "runtime_name_version",
     "input_specs",
@@ -95,6 +96,42 @@ def runtime_name_version() -> tuple[str, str]:
     """
     rt = _find_runtime()
     return rt.name, rt.version
+
+
+def load_delegate(name: str, device: str | None = None):
+    """Load a delegate for the runtime :func:`load_interpreter` uses.
+
+    The Edge TPU library name per OS and the install hints are the device runner's
+    (:func:`edgecnn.bench.runner.make_delegates`), so the bench, the demo and this layer
+    load ``edgetpu`` the same way: by library name, found by the dynamic linker.
+
+    Args:
+        name: ``"edgetpu"`` (``libedgetpu.so.1`` on Linux), or the path of a TFLite
+            external delegate library.
+        device: the delegate's ``device`` option (Edge TPU: ``usb``, ``usb:0``, ``pci``).
+
+    Returns:
+        The runtime's delegate object, to pass in ``load_interpreter(delegates=[...])``.
+
+    Raises:
+        DeviceError: the library is missing or refuses to load (for the Edge TPU: no
+            accelerator connected); one line with the fix.
+        MissingDependencyError: no TFLite runtime is installed.
+    """
+    from edgecnn.bench.runner import RunnerFailure, make_delegates
+
+    if not name:
+        raise ValueError("name the delegate: 'edgetpu' or a library path")
+    runtime = _find_runtime()
+    # Each runtime's load_delegate lives next to its Interpreter class.
+    loader = getattr(importlib.import_module(runtime.interpreter_class.__module__), "load_delegate", None)
+    if loader is None:
+        raise MissingDependencyError(f"{runtime.name} {runtime.version} cannot load delegates; {_INSTALL_HINT}")
+    try:
+        delegates, _ = make_delegates(loader, name, device)
+    except RunnerFailure as exc:
+        raise DeviceError(str(exc)) from None
+    return delegates[0]
 
 
 def load_interpreter(path_or_bytes: str | os.PathLike | bytes | bytearray | memoryview,
