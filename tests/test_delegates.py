@@ -145,8 +145,6 @@ def test_bench_runner_without_a_connected_edgetpu_fails_in_one_line(edgetpu, ben
     assert edgetpu() == ["create device=usb: not connected"]
 
 
-@pytest.mark.xfail(strict=True, reason="pending: edgecnn/bench/runner.py _runtime_error_reason says 'run it with "
-                                        "--target coral' even when the Edge TPU delegate is loaded")
 def test_a_compiled_model_the_delegate_does_not_run_is_explained(edgetpu, bench_models):
     """As with a libedgetpu older than the compiler: the delegate loads but leaves the op alone."""
     from edgecnn.bench.local import run_local

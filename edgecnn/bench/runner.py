@@ -11,6 +11,7 @@ Usage::
     python3 runner.py MODEL.tflite [--threads N] [--runs N] [--warmup N]
         [--inputs samples.npz] [--delegate edgetpu|PATH] [--device usb|pci|usb:0]
         [--target TEXT] [--seed N] [--spawned-at EPOCH] [--out result.json]
+        [--report-outputs]
 
 The result is printed to stdout as one JSON object (or written atomically to ``--out``).
 Whatever goes wrong -- a bad model, a missing runtime, a delegate that does not load --
@@ -44,6 +45,15 @@ Measurement:
       order, ``accuracy`` the top-1 accuracy of output 0 against ``y``, ``samples`` the
       count. Without ``--inputs`` the timing input is seeded random data of the right
       dtype; with it, the first sample.
+    * With ``--inputs`` and ``--report-outputs``: the raw values of output 0 for every
+      sample go into ``details.outputs`` (``dtype``, per-sample ``shape``, ``scale``,
+      ``zero_point``, ``values``: one list per sample), so the host can compare values,
+      not only a checksum (``edgecnn verify`` does). Bounded: at most
+      ``MAX_REPORTED_SAMPLES`` samples of at most ``MAX_REPORTED_VALUES_PER_SAMPLE``
+      values and ``MAX_REPORTED_VALUES`` in all (the host's result schema keeps lists of
+      at most 1000 items); beyond that ``details.outputs_omitted`` says why. Values are
+      JSON numbers: exact for integers, and a float32 becomes the double of the same
+      value, so nothing is lost; a non-finite value is ``null``.
     * Thermal state (Raspberry Pi and other Linux boards): ``vcgencmd measure_temp`` /
       ``get_throttled`` when ``vcgencmd`` is on PATH, else the sysfs thermal zones;
       read before loading and after timing. ``throttled`` is true when any "now" bit of
@@ -76,7 +86,8 @@ Result schema ``edgecnn.bench/1`` (one schema for every target; fields in this o
     transfer_s          float | null          filled by remote transports
     startup_s           float | null
     timestamp           str                   UTC, ISO 8601
-    details             dict | null           target-specific extras (e.g. benchmark_model)
+    details             dict | null           target-specific extras (e.g. benchmark_model),
+                                              outputs with --report-outputs
 
 Test hooks (not for people): ``--debug-hang`` sleeps forever before doing anything and
 ``--debug-crash`` calls ``os.abort()``; the host's timeout and crash handling is tested
@@ -88,6 +99,7 @@ import datetime
 import glob
 import hashlib
 import json
+import math
 import os
 import platform
 import re
@@ -134,6 +146,12 @@ THROTTLE_BITS = (
     (19, "soft_temp_limit_occurred"),
 )
 THROTTLE_NOW_MASK = 0xF
+
+# Bounds of --report-outputs; the host's schema (edgecnn.bench.schema) truncates lists
+# longer than 1000 items, so neither the sample list nor a sample's values may exceed it.
+MAX_REPORTED_SAMPLES = 1000
+MAX_REPORTED_VALUES_PER_SAMPLE = 1000
+MAX_REPORTED_VALUES = 100000
 
 FIELDS = (
     "schema", "status", "reason", "target", "model", "runtime", "delegate", "threads",
@@ -279,6 +297,10 @@ def is_edgetpu_model(data):
 def _runtime_error_reason(exc, delegates):
     first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
     if EDGETPU_CUSTOM_OP in str(exc):
+        if delegates:
+            return ("the delegate did not run the model's %s (%s); install the Edge TPU runtime "
+                    "(libedgetpu) from the same Coral release as the edgetpu_compiler that compiled "
+                    "it, or recompile with a matching compiler" % (EDGETPU_CUSTOM_OP, one_line(first, 200)))
         return "this is an Edge TPU-compiled model; run it with --target coral"
     fix = "check the delegate, or run without it" if delegates else \
         "re-export the model, or upgrade the runtime if it uses newer ops"
@@ -581,16 +603,19 @@ def run(args, result):
     result["thermal"] = thermal_summary(thermal_before, thermal_after)
 
     if samples is not None:
-        evaluate(interpreter, inputs[0], outputs, samples, labels, result)
+        evaluate(interpreter, inputs[0], outputs, samples, labels, result,
+                 report_outputs=args.report_outputs)
     result["peak_rss_kb"] = peak_rss_kb()
     result["status"] = "ok"
 
 
-def evaluate(interpreter, input_detail, outputs, samples, labels, result):
-    """Run every sample once: outputs checksum and top-1 accuracy."""
+def evaluate(interpreter, input_detail, outputs, samples, labels, result, report_outputs=False):
+    """Run every sample once: outputs checksum and top-1 accuracy (and, when asked, the
+    raw values of output 0 in ``details.outputs``)."""
     digest = hashlib.sha256()
     batch = max(int(input_detail["shape"][0]), 1)
     predictions = []
+    first = []
     for chunk, real in batches(samples, batch):
         interpreter.set_tensor(input_detail["index"], chunk)
         interpreter.invoke()
@@ -601,11 +626,40 @@ def evaluate(interpreter, input_detail, outputs, samples, labels, result):
                 # Argmax of raw quantized scores equals argmax of dequantized ones: the
                 # affine map real = scale * (q - zero_point) with scale > 0 keeps order.
                 predictions.append(value.reshape(real, -1).argmax(axis=-1))
+                if report_outputs:
+                    first.append(value.copy())
     result["outputs_sha256"] = digest.hexdigest()
     result["samples"] = int(len(samples))
     if labels is not None:
         predicted = np.concatenate(predictions)
         result["accuracy"] = float(np.mean(predicted == labels.astype(np.int64)))
+    if report_outputs and outputs:
+        details = result.get("details") or {}
+        details.update(report_values(np.concatenate(first, axis=0), outputs[0]))
+        result["details"] = details
+
+
+def report_values(values, detail):
+    """``{"outputs": ...}`` with output 0's values per sample, or ``{"outputs_omitted": why}``."""
+    n = int(values.shape[0])
+    per_sample = int(np.prod(values.shape[1:], dtype=np.int64)) if values.ndim > 1 else 1
+    if n > MAX_REPORTED_SAMPLES or per_sample > MAX_REPORTED_VALUES_PER_SAMPLE \
+            or n * per_sample > MAX_REPORTED_VALUES:
+        return {"outputs_omitted": "%d samples of %d values are more than --report-outputs returns "
+                                   "(at most %d samples, %d values each, %d in all)"
+                                   % (n, per_sample, MAX_REPORTED_SAMPLES, MAX_REPORTED_VALUES_PER_SAMPLE,
+                                      MAX_REPORTED_VALUES)}
+    rows = values.reshape(n, per_sample)
+    if rows.dtype.kind == "f":
+        # JSON has no NaN or infinity; null marks them (the host counts them as differing).
+        rows = rows.astype(np.float64)
+        listed = [[v if math.isfinite(v) else None for v in row] for row in rows.tolist()]
+    else:
+        listed = rows.tolist()  # Python ints: exact
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    return {"outputs": {"index": 0, "dtype": str(np.dtype(detail["dtype"])),
+                        "shape": [int(d) for d in values.shape[1:]],
+                        "scale": float(scale), "zero_point": int(zero_point), "values": listed}}
 
 
 # ---------------------------------------------------------------------------------- CLI
@@ -626,6 +680,8 @@ def parse_args(argv):
     parser.add_argument("--spawned-at", type=float, dest="spawned_at",
                         help="launcher's time.time() at spawn, to report start-up time")
     parser.add_argument("--out", help="write the JSON here (atomically) instead of stdout")
+    parser.add_argument("--report-outputs", action="store_true", dest="report_outputs",
+                        help="with --inputs: put output 0's raw values in details.outputs")
     parser.add_argument("--debug-hang", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--debug-crash", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
