@@ -10,11 +10,12 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from edgecnn.errors import RecipeError
 
@@ -76,7 +77,8 @@ class DataConfig(_Section):
     normalization: Normalization = Field(default_factory=Normalization, description="Input normalization, recorded with every model.")
     augment: Augment = Field(default_factory=Augment, description="Training-time augmentation.")
     train_limit: Optional[int] = Field(None, ge=10, description="Use a class-stratified subset of this many training images (None = all).")
-    test_limit: Optional[int] = Field(None, ge=10, description="Use a class-stratified subset of this many test images (None = all).")
+    # ge: edgecnn.data.dataset.MIN_TEST_IMAGES (a literal here, so `validate` needs no numpy; a test keeps them equal)
+    test_limit: Optional[int] = Field(None, ge=20, description="Use a class-stratified subset of this many test images (None = all; at least 20, so one image is at most 5 points of accuracy).")
     validation_fraction: float = Field(0.1, ge=0.0, lt=0.5, description="Fraction of the training images held out for validation.")
     test_fraction: float = Field(0.2, gt=0.0, lt=0.5, description="image_folder without a test/ folder: fraction of images held out for test.")
     representative_samples: int = Field(256, ge=1, le=10000, description="Training images (un-augmented) used to calibrate int8 quantization.")
@@ -232,6 +234,22 @@ class Recipe(_Section):
     qat: Optional[dict] = _reserved("qat", "quantization-aware training")
     bench: list[BenchTarget] = Field(default_factory=list, description="Devices to benchmark the built .tflite models on after evaluation (empty = no bench stage).")
 
+    # Provenance, filled in by load_recipe (empty for a recipe built from data): dotted
+    # key -> the extends: ancestor that set it, this recipe's file, its parent's file and
+    # the parent's data.source / data.path as written. Advice only, never part of the
+    # value: equality and the hashes ignore it.
+    _inherited: dict[str, str] = PrivateAttr(default_factory=dict)
+    _source: Optional[str] = PrivateAttr(None)
+    _parent_file: Optional[str] = PrivateAttr(None)
+    _parent_data: dict = PrivateAttr(default_factory=dict)
+
+    def __eq__(self, other: object) -> bool:
+        # pydantic compares private attributes too; two recipes with the same values
+        # build the same thing wherever the values came from.
+        if not isinstance(other, Recipe):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
+
     @model_validator(mode="after")
     def _paths_exist(self) -> "Recipe":
         # Checked at load time so a typo fails in `validate`, not after an hour of training.
@@ -281,9 +299,143 @@ def _jsonable(value: Any) -> Any:
 
 # --------------------------------------------------------------------------- loading
 
+# Safety limits of recipe loading, applied to every file of an ``extends:`` chain and to
+# every ``--set`` value. A full recipe is about 2 KB, some 100 values, 4 levels deep and
+# uses no aliases, so each limit is far above any real recipe and far below what makes
+# loading slow: nested anchors ("billion laughs") expand a few hundred bytes into
+# hundreds of millions of values, which ran for a minute and ended in MemoryError.
+MAX_RECIPE_BYTES = 256 * 1024
+"""Largest recipe file (or ``--set`` value) read, in bytes."""
+MAX_YAML_ALIASES = 100
+"""Most ``*alias`` references in one file."""
+MAX_YAML_VALUES = 10_000
+"""Most YAML values (scalars, lists, mappings) in one file, counted with every alias expanded."""
+MAX_YAML_DEPTH = 32
+"""Deepest nesting of lists/mappings in one file, aliases expanded."""
+MAX_EXTENDS_CHAIN = 16
+"""Most recipe files in one ``extends:`` chain."""
+
+
+class _YamlLimitError(Exception):
+    """A recipe document crossed one of the limits above (message: the limit, the fix)."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses documents over the limits above while composing.
+
+    Composition is where aliases are resolved, so counting there stops a bomb before
+    anything is expanded: every node's expanded size and height are computed from its
+    children's (an alias contributes the full size of the node it names). A subclass,
+    so PyYAML's global ``SafeLoader`` stays untouched for everyone else.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._aliases = 0
+        self._depth = 0
+        # Values of the document so far, aliases expanded: +1 per node, + the full size
+        # of an alias's target per alias. Checked as it grows, so a long flat list stops
+        # at the limit instead of being composed to its end first.
+        self._total = 0
+        # id(node) -> (expanded size, expanded height); nodes stay alive in the tree.
+        self._measure: dict[int, tuple[int, int]] = {}
+
+    def _count(self, values: int, line: str) -> None:
+        self._total += values
+        if self._total > MAX_YAML_VALUES and self._aliases:
+            raise _YamlLimitError(f"more than {MAX_YAML_VALUES} values (the limit) once YAML aliases are expanded{line} "
+                                  "(an alias bomb?): a recipe needs a few hundred, write them out instead of nested *aliases")
+        if self._total > MAX_YAML_VALUES:
+            raise _YamlLimitError(f"more than {MAX_YAML_VALUES} values (the limit){line}: a recipe needs a few hundred")
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        line = f" at line {event.start_mark.line + 1}" if event.start_mark else ""
+        if isinstance(event, yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_YAML_ALIASES:
+                raise _YamlLimitError(f"more than {MAX_YAML_ALIASES} YAML aliases (the limit){line}; write the values out instead of *aliases")
+            node = super().compose_node(parent, index)
+            if id(node) not in self._measure:
+                raise _YamlLimitError(f"the alias *{event.anchor}{line} refers to the value that contains it; a recipe cannot be recursive")
+            self._count(self._measure[id(node)][0], line)
+            return node
+        self._count(1, line)
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise _YamlLimitError(f"nested deeper than {MAX_YAML_DEPTH} levels (the limit){line}; a recipe needs about 4")
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        if isinstance(node, yaml.MappingNode):
+            children = [child for pair in node.value for child in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = node.value
+        else:
+            children = []
+        sizes = [self._measure[id(child)] for child in children]
+        height = 1 + max((h for _, h in sizes), default=0)
+        if height > MAX_YAML_DEPTH:
+            raise _YamlLimitError(f"nested deeper than {MAX_YAML_DEPTH} levels (the limit) once YAML aliases are expanded{line}; a recipe needs about 4")
+        self._measure[id(node)] = (1 + sum(s for s, _ in sizes), height)
+        return node
+
+
+def _unshare(value: Any) -> Any:
+    """A copy without shared sub-objects, so ``--set`` on one aliased key changes only that key."""
+    if isinstance(value, dict):
+        return {key: _unshare(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_unshare(item) for item in value]
+    return value
+
+
+def _safe_load_bounded(text: str) -> Any:
+    """``yaml.safe_load`` within the limits above.
+
+    Raises:
+        _YamlLimitError: the text crosses a limit.
+        yaml.YAMLError: the text is not YAML.
+    """
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_RECIPE_BYTES:
+        raise _YamlLimitError(f"larger than {MAX_RECIPE_BYTES // 1024} KiB (the limit); a recipe is a few KB")
+    loader = _BoundedLoader(text)
+    try:
+        return _unshare(loader.get_single_data())
+    finally:
+        loader.dispose()
+
+
+class _Provenance:
+    """Which file set each leaf value of a merged recipe (dotted key -> file), and the parent's data."""
+
+    def __init__(self, origin: dict[str, str], parent_file: Optional[str] = None, parent_data: Optional[dict] = None) -> None:
+        self.origin = origin
+        self.parent_file = parent_file
+        self.parent_data = parent_data or {}
+
+
+def _leaves(data: dict, prefix: str = "") -> list[str]:
+    """Dotted keys of the values that are not (non-empty) mappings; lists are values."""
+    keys = []
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            keys += _leaves(value, dotted + ".")
+        else:
+            keys.append(dotted)
+    return keys
+
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     """Load, merge and validate a recipe file.
+
+    Every file of the ``extends:`` chain and every override value is read within the
+    limits :data:`MAX_RECIPE_BYTES`, :data:`MAX_YAML_ALIASES`, :data:`MAX_YAML_VALUES`,
+    :data:`MAX_YAML_DEPTH` (and the chain within :data:`MAX_EXTENDS_CHAIN`). The loader
+    records which file set each value, for :func:`inherited_settings` and
+    :func:`recipe_warnings`.
 
     Args:
         path: the recipe YAML file.
@@ -296,10 +448,18 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         RecipeError: one line naming the file, the key path and the fix.
     """
     path = Path(path)
-    raw = _load_with_extends(path, chain=())
+    raw, provenance = _load_with_extends(path, chain=())
     for item in overrides:
-        _apply_override(raw, item)
-    return validate_recipe(raw, source=str(path))
+        key = _apply_override(raw, item)
+        # A --set value is the user's own choice, not inherited; nor is anything it replaced.
+        provenance.origin = {k: f for k, f in provenance.origin.items()
+                             if not (k == key or k.startswith(key + ".") or key.startswith(k + "."))}
+    recipe = validate_recipe(raw, source=str(path))
+    recipe._inherited = {key: origin for key, origin in provenance.origin.items() if origin != str(path)}
+    recipe._source = str(path)
+    recipe._parent_file = provenance.parent_file
+    recipe._parent_data = dict(provenance.parent_data)
+    return recipe
 
 
 def validate_recipe(raw: dict, source: str = "<recipe>") -> Recipe:
@@ -314,7 +474,12 @@ def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file not found; check the path (recipes ship in recipes/, e.g. recipes/quickstart.yaml)")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        size = path.stat().st_size
+        if size > MAX_RECIPE_BYTES:
+            raise _YamlLimitError(f"{size} bytes, larger than {MAX_RECIPE_BYTES // 1024} KiB (the limit); a recipe is a few KB")
+        data = _safe_load_bounded(path.read_text(encoding="utf-8"))
+    except _YamlLimitError as exc:
+        raise RecipeError(f"{path}: refused: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -329,22 +494,30 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def _load_with_extends(path: Path, chain: tuple[Path, ...]) -> dict:
+def _load_with_extends(path: Path, chain: tuple[Path, ...]) -> tuple[dict, _Provenance]:
+    """The merged data of ``path`` and its ``extends:`` ancestors, and which file set each value."""
     resolved = path.resolve()
     if resolved in chain:
         cycle = " -> ".join(str(p) for p in (*chain, resolved))
         raise RecipeError(f"{path}: 'extends' forms a cycle ({cycle}); remove one of the links")
+    if len(chain) >= MAX_EXTENDS_CHAIN:
+        raise RecipeError(f"{path}: refused: an 'extends' chain longer than {MAX_EXTENDS_CHAIN} files; merge some of them")
     data = _read_yaml(path)
     parent = data.pop("extends", None)
+    own = {key: str(path) for key in _leaves(data)}
     if parent is None:
-        return data
+        return data, _Provenance(own)
     if not isinstance(parent, str):
         raise RecipeError(f"{path}: 'extends' must be a path to another recipe file, got {type(parent).__name__}")
     parent_path = Path(parent) if Path(parent).is_absolute() else path.parent / parent
     if not parent_path.is_file():
         raise RecipeError(f"{path}: extends '{parent}', which does not exist (looked at {parent_path}); paths are relative to the recipe file")
-    base = _load_with_extends(parent_path, (*chain, resolved))
-    return deep_merge(base, data)
+    base, base_provenance = _load_with_extends(parent_path, (*chain, resolved))
+    merged = deep_merge(base, data)
+    # A merged leaf is this file's when this file has it, else it kept the parent's origin.
+    origin = {key: own.get(key) or base_provenance.origin[key] for key in _leaves(merged)}
+    base_data = base.get("data") if isinstance(base.get("data"), dict) else {}
+    return merged, _Provenance(origin, str(parent_path), {k: base_data.get(k) for k in ("source", "path")})
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -358,12 +531,15 @@ def deep_merge(base: dict, override: dict) -> dict:
     return merged
 
 
-def _apply_override(raw: dict, item: str) -> None:
+def _apply_override(raw: dict, item: str) -> str:
+    """Set one ``--set KEY.PATH=VALUE`` in ``raw``; returns the dotted key."""
     key, sep, text = item.partition("=")
     if not sep or not key.strip():
         raise RecipeError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. --set distill.temperature=2")
     try:
-        value = yaml.safe_load(text) if text.strip() else None
+        value = _safe_load_bounded(text) if text.strip() else None
+    except _YamlLimitError as exc:
+        raise RecipeError(f"--set {key.strip()!r}: value refused: {exc}") from None
     except yaml.YAMLError:
         raise RecipeError(f"--set {item!r}: the value is not valid YAML; quote it") from None
     parts = key.strip().split(".")
@@ -376,6 +552,7 @@ def _apply_override(raw: dict, item: str) -> None:
             raise RecipeError(f"--set {item!r}: '{'.'.join(parts[:i + 1])}' is not a section, cannot set a key inside it")
         node = child
     node[parts[-1]] = value
+    return ".".join(parts)
 
 
 # --------------------------------------------------------------------------- error messages
@@ -439,16 +616,82 @@ def recipe_schema() -> dict:
 
 
 def inherited_settings(recipe: Recipe) -> dict[str, str]:
-    """Dotted recipe keys whose values came from an ``extends:`` parent -> that parent's file.
+    """Dotted recipe keys whose values came from an ``extends:`` ancestor -> that ancestor's file.
 
-    (Interface for the build log and the report; filled in by the recipe loader.)
+    Only values written in an ancestor file and not set again by the recipe itself or
+    by ``--set`` count (field defaults are not inherited). Keys are leaves:
+    ``data.augment.horizontal_flip``, ``export.formats``. Empty for a recipe that was
+    not loaded with :func:`load_recipe` or that has no ``extends:``.
+
+    Args:
+        recipe: a recipe from :func:`load_recipe`.
+
+    Returns:
+        A new dict, sorted by key.
     """
-    return dict(getattr(recipe, "_inherited", {}) or {})
+    return dict(sorted(recipe._inherited.items()))
+
+
+def _active_augmentations(recipe: Recipe) -> dict[str, Any]:
+    """Inherited ``data.augment`` keys whose value turns an augmentation on -> that value."""
+    augment = recipe.data.augment.model_dump()
+    active = {}
+    for key in inherited_settings(recipe):
+        if key.startswith("data.augment."):
+            field = key.removeprefix("data.augment.")
+            value = augment.get(field)
+            if value not in (None, False, 0, 0.0):
+                active[key] = value
+    return active
 
 
 def recipe_warnings(recipe: Recipe) -> list[str]:
     """Advice about a valid recipe that probably does not do what its author meant.
 
+    Today one check: the recipe switches dataset (``data.source`` or ``data.path``
+    differs from its ``extends:`` parent's) but keeps augmentations it inherits from the
+    parent. Augmentations fit a dataset: a horizontal flip suits clothes and ruins
+    digits (a digit set built from the quickstart recipe lost 38 points to it).
     ``edgecnn validate`` and ``edgecnn build`` print each as a ``warning:`` line.
+
+    Args:
+        recipe: a recipe from :func:`load_recipe`.
+
+    Returns:
+        One-line messages; empty when nothing looks wrong.
     """
-    return []
+    warnings = []
+    if recipe._parent_file is None:
+        return warnings
+    defaults = DataConfig.model_fields
+    parent_source = recipe._parent_data.get("source") or defaults["source"].default
+    parent_path = recipe._parent_data.get("path")
+    changed = []
+    if recipe.data.source != parent_source:
+        changed.append(f"data.source {recipe.data.source} instead of {parent_source}")
+    if _norm_path(recipe.data.path) != _norm_path(parent_path):
+        theirs = f"instead of '{parent_path}'" if parent_path is not None else "where the parent sets none"
+        changed.append(f"data.path '{recipe.data.path}' {theirs}" if recipe.data.path is not None
+                       else f"no data.path instead of '{parent_path}'")
+    active = _active_augmentations(recipe)
+    if changed and active:
+        origins = inherited_settings(recipe)
+        by_file: dict[str, list[str]] = {}
+        for key, value in active.items():
+            by_file.setdefault(origins[key], []).append(f"{key}={json.dumps(value)}")
+        listed = "; ".join(f"{', '.join(keys)} from {origin}" for origin, keys in by_file.items())
+        off = ", ".join(f"{key.removeprefix('data.augment.')}: {json.dumps(_OFF[key])}" for key in active)
+        warnings.append(
+            f"{recipe._source}: switches dataset ({'; '.join(changed)}) but keeps inherited augmentations "
+            f"({listed}); an augmentation that suits one dataset can ruin another (a mirrored digit is another "
+            f"digit): turn them off with `data: {{augment: {{{off}}}}}` in {recipe._source}, or write the values "
+            "you want to keep there")
+    return warnings
+
+
+# The value that turns each augmentation off, for the advice above.
+_OFF = {f"data.augment.{name}": (False if field.annotation is bool else 0) for name, field in Augment.model_fields.items()}
+
+
+def _norm_path(value: Any) -> Optional[str]:
+    return None if value is None else os.path.normpath(os.path.expanduser(str(value)))

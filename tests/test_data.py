@@ -90,12 +90,12 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 
 
-def write_class_images(folder: Path, classes: dict[str, int], size: int = 12) -> None:
-    """``classes`` name -> count; image i of class k is a flat gray/RGB/RGBA PNG of value 20k + i."""
+def write_class_images(folder: Path, classes: dict[str, int], size: int = 12, step: int = 20) -> None:
+    """``classes`` name -> count; image i of class k is a flat gray/RGB/RGBA PNG of value step*k + i."""
     for k, (name, count) in enumerate(classes.items()):
         (folder / name).mkdir(parents=True, exist_ok=True)
         for i in range(count):
-            value = 20 * k + i
+            value = step * k + i
             shape = [(size, size), (size, size, 3), (size, size + 4, 4)][i % 3]
             (folder / name / f"img{i}.png").write_bytes(png_bytes(np.full(shape, value, dtype=np.uint8)))
 
@@ -278,16 +278,16 @@ def test_download_rejects_non_http_urls(tmp_path):
 
 
 def test_image_folder_flat_layout(tmp_path):
-    write_class_images(tmp_path / "imgs", {"dog": 3, "cat": 4})
+    write_class_images(tmp_path / "imgs", {"dog": 10, "cat": 11})
     (tmp_path / "imgs" / "cat" / "notes.txt").write_text("ignored")
     (tmp_path / "imgs" / ".hidden").mkdir()
     raw = load_image_folder(tmp_path / "imgs", image_size=8, channels=3)
     assert raw.class_names == ("cat", "dog")  # sorted, not creation order
     assert raw.x_test is None and raw.y_test is None
-    assert raw.x_train.shape == (7, 8, 8, 3) and raw.x_train.dtype == np.uint8
-    np.testing.assert_array_equal(raw.y_train, [0, 0, 0, 0, 1, 1, 1])
+    assert raw.x_train.shape == (21, 8, 8, 3) and raw.x_train.dtype == np.uint8
+    np.testing.assert_array_equal(raw.y_train, [0] * 11 + [1] * 10)
     # Flat images keep their value through decode, gray->RGB and resize (cat was written second: 20 + i).
-    np.testing.assert_array_equal(raw.x_train[:4, 0, 0, 0], [20, 21, 22, 23])
+    np.testing.assert_array_equal(raw.x_train[:4, 0, 0, 0], [20, 21, 30, 22])  # sorted by name: img0, img1, img10, img2
     assert (raw.x_train[1] == raw.x_train[1, 0, 0, 0]).all()
 
 
@@ -295,13 +295,13 @@ def test_image_folder_train_test_layout_and_jpeg(tmp_path):
     from edgecnn._tf import tensorflow
 
     tf = tensorflow()
-    write_class_images(tmp_path / "train", {"a": 2, "b": 2})
+    write_class_images(tmp_path / "train", {"a": 10, "b": 10})
     write_class_images(tmp_path / "test", {"a": 1})
     jpeg = tf.io.encode_jpeg(tf.fill([10, 10, 3], tf.constant(200, tf.uint8))).numpy()
     (tmp_path / "test" / "a" / "photo.JPG").write_bytes(jpeg)
     raw = load_image_folder(tmp_path, image_size=6, channels=1)
     assert raw.class_names == ("a", "b")
-    assert raw.x_train.shape == (4, 6, 6, 1) and raw.x_test.shape == (2, 6, 6, 1)
+    assert raw.x_train.shape == (20, 6, 6, 1) and raw.x_test.shape == (2, 6, 6, 1)
     np.testing.assert_array_equal(raw.y_test, [0, 0])
     assert abs(int(raw.x_test[1, 3, 3, 0]) - 200) <= 3  # JPEG is lossy
 
@@ -312,6 +312,7 @@ def test_image_folder_train_test_layout_and_jpeg(tmp_path):
         ("missing", "does not exist"),
         ("one-class", "at least 2 class"),
         ("empty-class", "no .jpg/.jpeg/.png"),
+        ("too-few-in-class", "class has 9 images, fewer than the minimum of 10 per class"),
         ("undecodable", "cannot decode"),
         ("unknown-test-class", "no counterpart"),
     ],
@@ -323,15 +324,18 @@ def test_image_folder_errors(tmp_path, layout, fragment):
         write_class_images(root, {"only": 2})
         named = root
     elif layout == "empty-class":
-        write_class_images(root, {"a": 2})
+        write_class_images(root, {"a": 10})
         (root / "b").mkdir()
         named = root / "b"
+    elif layout == "too-few-in-class":
+        write_class_images(root, {"a": 10, "b": 9})
+        named = root / "b"
     elif layout == "undecodable":
-        write_class_images(root, {"a": 2, "b": 2})
+        write_class_images(root, {"a": 10, "b": 10})
         named = root / "b" / "broken.png"
         named.write_bytes(b"\x89PNG but not really")
     elif layout == "unknown-test-class":
-        write_class_images(root / "train", {"a": 1, "b": 1})
+        write_class_images(root / "train", {"a": 10, "b": 10})
         write_class_images(root / "test", {"c": 1})
         named = root / "test"
     with pytest.raises(DataError) as exc_info:
@@ -340,15 +344,101 @@ def test_image_folder_errors(tmp_path, layout, fragment):
 
 
 def test_image_folder_dataset_carves_test_split(tmp_path):
-    write_class_images(tmp_path / "imgs", {"a": 10, "b": 10})
+    write_class_images(tmp_path / "imgs", {"a": 50, "b": 50}, size=4, step=100)
     cfg = DataConfig(source="image_folder", path=tmp_path / "imgs", image_size=32, channels=3, test_fraction=0.2, validation_fraction=0.1)
     ds = load_dataset(cfg, seed=3)
-    assert (len(ds.y_train), len(ds.y_val), len(ds.y_test)) == (14, 2, 4)
-    np.testing.assert_array_equal(np.bincount(ds.y_test), [2, 2])
+    assert (len(ds.y_train), len(ds.y_val), len(ds.y_test)) == (72, 8, 20)
+    np.testing.assert_array_equal(np.bincount(ds.y_test), [10, 10])
     assert ds.x_train.shape[1:] == (32, 32, 3) and ds.class_names == ("a", "b")
     # Every image is flat with a distinct value, so the three splits must not share one.
     values = [set(x[:, 0, 0, 0].tolist()) for x in (ds.x_train, ds.x_val, ds.x_test)]
-    assert sum(map(len, values)) == 20 and not (values[0] & values[1] or values[0] & values[2] or values[1] & values[2])
+    assert sum(map(len, values)) == 100 and not (values[0] & values[1] or values[0] & values[2] or values[1] & values[2])
+
+
+def write_mac_and_windows_litter(root: Path) -> None:
+    """What a zip made on a Mac, Explorer and a NAS leave in an image folder."""
+    png = png_bytes(np.zeros((4, 4), np.uint8))
+    for cls in ("a", "b"):
+        (root / "__MACOSX" / cls).mkdir(parents=True, exist_ok=True)
+        (root / "__MACOSX" / cls / "._img0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+        (root / cls / f"._img{cls}.png").write_bytes(png)  # a resource fork with an image name
+    (root / ".git").mkdir()
+    (root / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (root / "a" / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")
+    (root / "b" / "@eaDir").mkdir()
+    (root / "b" / "notes.txt").write_text("not an image")
+
+
+def test_image_folder_skips_hidden_and_system_entries_and_says_which(tmp_path):
+    from edgecnn.data.image_folder import list_image_files, read_image_folder
+
+    root = tmp_path / "imgs"
+    write_class_images(root, {"a": 10, "b": 10}, size=4)
+    write_mac_and_windows_litter(root)
+    raw, notes = read_image_folder(root, image_size=4, channels=1)
+    assert raw.class_names == ("a", "b") and len(raw.y_train) == 20
+    assert len(notes) == 1 and "\n" not in notes[0]
+    note = notes[0]
+    assert note.startswith(f"{root}: skipped 7 hidden/system entries (")
+    assert ".DS_Store" in note and ".git/" in note and "__MACOSX/" in note and "and 4 more" in note
+    assert "1 entry in class folders that is not a .jpg/.jpeg/.png image (b/notes.txt)" in note
+    # The cache key lists the same files the loader reads.
+    assert sorted(p.relative_to(root).as_posix() for p in list_image_files(root)) == sorted(
+        f"{c}/img{i}.png" for c in "ab" for i in range(10))
+
+
+def test_clean_image_folder_has_no_note(tmp_path):
+    from edgecnn.data.image_folder import read_image_folder
+
+    write_class_images(tmp_path / "imgs", {"a": 10, "b": 10}, size=4)
+    assert read_image_folder(tmp_path / "imgs", image_size=4, channels=1)[1] == ()
+
+
+def test_dataset_carries_the_skipped_note_for_the_build_log(tmp_path):
+    root = tmp_path / "imgs"
+    write_class_images(root / "train", {"a": 10, "b": 10}, size=4)
+    write_class_images(root / "test", {"a": 10, "b": 10}, size=4)
+    (root / "__MACOSX" / "train").mkdir(parents=True)
+    (root / "val" / "a").mkdir(parents=True)
+    (root / "test" / "a" / "Thumbs.db").write_bytes(b"\xd0\xcf")
+    ds = load_dataset(DataConfig(source="image_folder", path=root, image_size=32, channels=1), seed=0)
+    assert ds.class_names == ("a", "b") and len(ds.y_test) == 20
+    (note,) = ds.notes
+    assert "2 hidden/system entries (test/a/Thumbs.db, __MACOSX/)" in note
+    assert "1 folder beside train/ and test/ (val/)" in note
+    assert ds.summary()["notes"] == [note]
+
+
+def test_two_images_in_total_are_refused(tmp_path):
+    """Before the fix a folder with one image per class built silently."""
+    write_class_images(tmp_path / "imgs", {"a": 1, "b": 1}, size=4)
+    with pytest.raises(DataError) as exc_info:
+        load_dataset(DataConfig(source="image_folder", path=tmp_path / "imgs"), seed=0)
+    assert_data_error(exc_info, str(tmp_path / "imgs" / "a"), "class has 1 image,", "minimum of 10 per class")
+
+
+def test_test_split_too_small_for_a_meaningful_accuracy_is_refused(tmp_path):
+    from edgecnn.data.dataset import MIN_TEST_IMAGES
+
+    write_class_images(tmp_path / "imgs", {"a": 10, "b": 10}, size=4)
+    with pytest.raises(DataError) as exc_info:
+        load_dataset(DataConfig(source="image_folder", path=tmp_path / "imgs"), seed=0)
+    assert_data_error(exc_info, str(tmp_path / "imgs"), "test split has 4 images", f"minimum of {MIN_TEST_IMAGES}",
+                      "25 points of accuracy", "data.test_fraction")
+    root = tmp_path / "split"
+    write_class_images(root / "train", {"a": 10, "b": 10}, size=4)
+    write_class_images(root / "test", {"a": 5, "b": 5}, size=4)
+    with pytest.raises(DataError) as exc_info:
+        load_dataset(DataConfig(source="image_folder", path=root), seed=0)
+    assert_data_error(exc_info, str(root), "test split has 10 images", "add images to the test split")
+
+
+def test_recipe_test_limit_floor_is_the_data_minimum():
+    """recipe.py spells the minimum as a literal (validate imports no numpy); keep them equal."""
+    from edgecnn.data.dataset import MIN_TEST_IMAGES
+
+    ge = [m.ge for m in DataConfig.model_fields["test_limit"].metadata if hasattr(m, "ge")]
+    assert ge == [MIN_TEST_IMAGES]
 
 
 # --------------------------------------------------------------------------- splits

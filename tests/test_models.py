@@ -322,6 +322,101 @@ def test_load_keras_model_rejects_bad_paths(tmp_path):
         assert_raised_error(exc_info, ModelFileError, str(path), reason, "teacher.path")
 
 
+# Written by real Keras 3 in a subprocess (TF_USE_LEGACY_KERAS=0 gives TensorFlow's own
+# Keras 3; this process has tf_keras selected and cannot import both).
+_KERAS3_WRITER = """
+import json, sys
+import numpy as np
+import keras
+out = sys.argv[1]
+if int(keras.__version__.split(".")[0]) < 3:
+    print(json.dumps({"version": keras.__version__})); sys.exit(0)
+model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(2, 3, name="conv"),
+                          keras.layers.GlobalAveragePooling2D(name="pool"), keras.layers.Dense(3, name="logits")])
+model.set_weights([np.linspace(-1, 1, w.size, dtype="float32").reshape(w.shape) for w in model.get_weights()])
+model.save(out + "/k3.keras")
+model.save(out + "/k3.h5")
+model.save_weights(out + "/teacher.weights.h5")
+model.export(out + "/k3_savedmodel", verbose=False)
+np.save(out + "/logits.npy", model.predict(np.linspace(0, 1, 2 * 8 * 8 * 3, dtype="float32").reshape(2, 8, 8, 3), verbose=0))
+print(json.dumps({"version": keras.__version__}))
+"""
+
+
+def _tf_keras_twin():
+    """The Keras 3 writer's architecture, rebuilt with tf_keras (what the README tells users to do)."""
+    K = keras()
+    return K.Sequential([K.Input((8, 8, 3)), K.layers.Conv2D(2, 3, name="conv"),
+                         K.layers.GlobalAveragePooling2D(name="pool"), K.layers.Dense(3, name="logits")])
+
+
+@pytest.fixture(scope="module")
+def keras3_files(tmp_path_factory):
+    """Model files written by Keras 3: real ones when Keras 3 is importable in a subprocess
+    (it is in the dev venv: keras 3.x beside tf_keras), else a crafted ``.keras`` zip laid out
+    the way Keras 3 writes one (``metadata.json`` saying ``keras_version`` 3.x, ``config.json``,
+    ``model.weights.h5``), which is all the check reads; ``real`` says which."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import zipfile
+
+    out = tmp_path_factory.mktemp("keras3")
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, "-c", _KERAS3_WRITER, str(out)], capture_output=True, text=True,
+                          timeout=180, env=env)
+    lines = proc.stdout.strip().splitlines()
+    version = json.loads(lines[-1])["version"] if proc.returncode == 0 and lines else None
+    if version and version.split(".")[0].isdigit() and int(version.split(".")[0]) >= 3:
+        return {"dir": out, "real": True, "version": version}
+    with zipfile.ZipFile(out / "k3.keras", "w") as archive:
+        archive.writestr("metadata.json", json.dumps({"keras_version": "3.4.1", "date_saved": "2024-07-01@12:00:00"}))
+        archive.writestr("config.json", json.dumps({"module": "keras", "class_name": "Sequential", "config": {}}))
+        archive.writestr("model.weights.h5", b"")
+    return {"dir": out, "real": False, "version": "3.4.1"}
+
+
+@pytest.mark.parametrize("name", ["k3.keras", "k3.h5", "k3_savedmodel"])
+def test_keras3_model_is_refused_saying_why_and_how_to_resave(keras3_files, name):
+    path = keras3_files["dir"] / name
+    if not path.exists():
+        pytest.skip("Keras 3 is not importable here; only the crafted .keras file exists")
+    with pytest.raises(ModelFileError) as exc_info:
+        load_keras_model(path, what="teacher.path")
+    origin = "SavedModel without Keras metadata" if name.endswith("savedmodel") else f"saved by Keras {keras3_files['version']}"
+    assert_raised_error(exc_info, ModelFileError, str(path), "teacher.path", origin, "tf_keras (Keras 2)",
+                        "save_weights", "import tf_keras", "load_weights", "model.save('teacher.keras')")
+
+
+def test_advised_resave_of_a_keras3_model_loads_with_the_same_outputs(keras3_files, tmp_path):
+    """The README's recipe, done for real: Keras 3 weights into the tf_keras twin, saved, loaded."""
+    import zipfile
+
+    if not keras3_files["real"]:
+        pytest.skip("Keras 3 is not importable here, so there are no real Keras 3 weights")
+    folder = keras3_files["dir"]
+    x = np.linspace(0, 1, 2 * 8 * 8 * 3, dtype="float32").reshape(2, 8, 8, 3)
+    with zipfile.ZipFile(folder / "k3.keras") as archive:
+        archive.extract("model.weights.h5", tmp_path)
+    for weights in (folder / "teacher.weights.h5", tmp_path / "model.weights.h5"):
+        twin = _tf_keras_twin()
+        twin.load_weights(weights)
+        path = tmp_path / "teacher.keras"
+        twin.save(path)
+        loaded = load_keras_model(path)
+        np.testing.assert_allclose(loaded.predict(x, verbose=0), np.load(folder / "logits.npy"), atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")
+def test_keras2_h5_and_savedmodel_still_load(tmp_path):
+    twin = _tf_keras_twin()
+    twin.save(tmp_path / "teacher.h5")
+    twin.save(tmp_path / "saved")  # a tf_keras SavedModel folder, with keras_metadata.pb
+    for path in (tmp_path / "teacher.h5", tmp_path / "saved"):
+        assert [layer.name for layer in load_keras_model(path).layers] == ["conv", "pool", "logits"]
+
+
 # --------------------------------------------------------------------------- distillation math
 
 

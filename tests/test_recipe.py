@@ -201,3 +201,213 @@ def test_schema_documents_every_section():
     distill = schema["$defs"]["DistillConfig"]["properties"]
     assert distill["temperature"]["default"] == 4.0 and distill["temperature"]["description"]
     assert schema["$defs"]["DistillConfig"]["additionalProperties"] is False
+
+
+# --------------------------------------------------------------------------- bounded loading (#10)
+
+# Nine levels of nine aliases: some 400 bytes that expand to 9**9 (387 million) strings.
+ALIAS_BOMB = "".join(
+    [f"{chr(97)}: &a [{', '.join(['lol'] * 9)}]\n"]
+    + [f"{chr(97 + i)}: &{chr(97 + i)} [{', '.join([f'*{chr(96 + i)}'] * 9)}]\n" for i in range(1, 9)]
+)
+
+
+def load_in_subprocess(path: Path, overrides=()) -> dict:
+    """Load a recipe in a fresh interpreter capped at 2 GiB and 30 s, so a regression that
+    expands the bomb fails this test instead of taking the machine's memory."""
+    import subprocess
+    import sys
+
+    code = (
+        "import resource\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))\n"  # in the child: no preexec_fn with threads
+        "import json, sys, time\n"
+        "from edgecnn.errors import RecipeError\n"
+        "from edgecnn.recipe import load_recipe\n"
+        "start = time.perf_counter()\n"
+        "try:\n"
+        f"    load_recipe({str(path)!r}, {list(overrides)!r})\n"
+        "    message = None\n"
+        "except RecipeError as exc:\n"
+        "    message = str(exc)\n"
+        "print(json.dumps({'seconds': time.perf_counter() - start, 'message': message}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+def test_alias_bomb_is_refused_fast_in_one_line(tmp_path):
+    """Before the fix this ran for 52 s and ended in MemoryError."""
+    path = write(tmp_path, "bomb.yaml", "name: bomb\n" + ALIAS_BOMB + "data: {normalization: {mean: *i}}\n")
+    assert path.stat().st_size < 500
+    result = load_in_subprocess(path)
+    assert result["seconds"] < 0.5, result
+    message = result["message"]
+    assert message and "\n" not in message
+    assert str(path) in message and "10000 values" in message and "alias" in message
+
+
+def test_alias_bomb_in_an_extends_parent_names_the_parent(tmp_path):
+    write(tmp_path, "parent.yaml", "name: p\n" + ALIAS_BOMB)
+    child = write(tmp_path, "child.yaml", "extends: parent.yaml\nname: c\n")
+    message = error_of(child)
+    assert "parent.yaml" in message and "child.yaml" not in message and "10000 values" in message
+
+
+def test_alias_bomb_in_a_set_value_is_refused(tmp_path):
+    path = write(tmp_path, "r.yaml", "name: t\n")
+    value = "[" + ", ".join(["&a [" + ", ".join(["1"] * 9) + "]"]
+                            + [f"&{chr(97 + i)} [" + ", ".join([f"*{chr(96 + i)}"] * 9) + "]" for i in range(1, 9)]) + "]"
+    result = load_in_subprocess(path, [f"data.normalization.mean={value}"])
+    assert result["seconds"] < 0.5, result
+    assert "--set 'data.normalization.mean'" in result["message"] and "10000 values" in result["message"]
+    assert "\n" not in result["message"]
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("name: t\nx: [" + ", ".join(["1"] * 20000) + "]\n", "more than 10000 values (the limit)"),
+    ("name: t\nx: " + "[" * 100 + "]" * 100 + "\n", "nested deeper than 32 levels"),
+    ("name: t\na: &a 1\nb: [" + ", ".join(["*a"] * 101) + "]\n", "more than 100 YAML aliases"),
+    ("name: t\nx: &x [1, *x]\n", "cannot be recursive"),
+    ("name: t\n#" + "x" * (300 * 1024) + "\n", "larger than 256 KiB"),
+])
+def test_each_loading_limit_is_one_line_naming_file_and_limit(tmp_path, text, needle):
+    import time
+
+    path = write(tmp_path, "r.yaml", text)
+    start = time.perf_counter()
+    message = error_of(path)
+    assert time.perf_counter() - start < 1.0
+    assert str(path) in message and needle in message and "refused" in message
+
+
+def test_deep_set_value_is_refused(tmp_path):
+    message = error_of(write(tmp_path, "r.yaml", "name: t\n"), ["data.normalization.mean=" + "[" * 200 + "]" * 200])
+    assert message.startswith("--set 'data.normalization.mean'") and "nested deeper than 32" in message
+
+
+def test_extends_chain_is_bounded(tmp_path):
+    from edgecnn.recipe import MAX_EXTENDS_CHAIN
+
+    write(tmp_path, "r0.yaml", "name: r0\n")
+    for i in range(1, MAX_EXTENDS_CHAIN + 2):
+        write(tmp_path, f"r{i}.yaml", f"extends: r{i - 1}.yaml\nname: r{i}\n")
+    assert load_recipe(tmp_path / f"r{MAX_EXTENDS_CHAIN - 1}.yaml").name == f"r{MAX_EXTENDS_CHAIN - 1}"
+    assert f"longer than {MAX_EXTENDS_CHAIN} files" in error_of(tmp_path / f"r{MAX_EXTENDS_CHAIN + 1}.yaml")
+
+
+def test_plain_aliases_still_work_and_set_changes_only_its_key(tmp_path):
+    path = write(tmp_path, "r.yaml", "name: t\nteacher: {train: &t {epochs: 3, batch_size: 32}}\ndistill: {train: *t}\n")
+    recipe = load_recipe(path, ["distill.train.epochs=5"])
+    assert (recipe.teacher.train.epochs, recipe.distill.train.epochs) == (3, 5)
+    assert recipe.teacher.train.batch_size == recipe.distill.train.batch_size == 32
+
+
+def test_pyyaml_global_loader_is_untouched(tmp_path):
+    import yaml
+
+    load_recipe(REPO / "recipes" / "quickstart.yaml")
+    assert yaml.SafeLoader.compose_node is yaml.composer.Composer.compose_node
+    assert len(yaml.safe_load("[" + ", ".join(["1"] * 20000) + "]")) == 20000
+
+
+# --------------------------------------------------------------------------- provenance and advice (#10)
+
+
+def test_inherited_settings_name_the_file_that_set_them():
+    from edgecnn.recipe import inherited_settings
+
+    inherited = inherited_settings(load_recipe(REPO / "recipes" / "quickstart.yaml"))
+    parent = str(REPO / "recipes" / "fashion_mnist_mobilenetv2.yaml")
+    assert inherited["data.augment.horizontal_flip"] == parent
+    assert inherited["distill.teacher_outputs"] == parent
+    # set in quickstart itself, or only a default: not inherited
+    for own in ("name", "data.train_limit", "student.alpha", "distill.train.epochs", "export.bundle", "student.weights"):
+        assert own not in inherited, own
+    assert not inherited_settings(load_recipe(REPO / "recipes" / "fashion_mnist_mobilenetv2.yaml"))
+
+
+def test_inherited_settings_through_a_chain_and_after_set(tmp_path):
+    from edgecnn.recipe import inherited_settings
+
+    write(tmp_path, "a.yaml", "name: a\ndata: {augment: {horizontal_flip: true, translate: 0.2}}\nstudent: {alpha: 0.5}\n")
+    write(tmp_path, "b.yaml", "extends: a.yaml\nname: b\ndata: {augment: {translate: 0.1}}\n")
+    child = write(tmp_path, "c.yaml", "extends: b.yaml\nname: c\n")
+    inherited = inherited_settings(load_recipe(child))
+    assert inherited == {"data.augment.horizontal_flip": str(tmp_path / "a.yaml"),
+                         "data.augment.translate": str(tmp_path / "b.yaml"),
+                         "student.alpha": str(tmp_path / "a.yaml")}
+    inherited = inherited_settings(load_recipe(child, ["data.augment.horizontal_flip=false", "student={alpha: 1.0}"]))
+    assert inherited == {"data.augment.translate": str(tmp_path / "b.yaml")}
+    # A section replaced by a non-mapping drops everything inherited inside it.
+    write(tmp_path, "d.yaml", "extends: a.yaml\nname: d\nbench: null\n")
+    assert "bench" not in inherited_settings(load_recipe(tmp_path / "d.yaml"))
+
+
+def test_provenance_does_not_change_equality_or_hashes(tmp_path):
+    quick = load_recipe(REPO / "recipes" / "quickstart.yaml")
+    again = Recipe.model_validate(quick.to_dict())
+    assert quick == again and quick.recipe_hash == again.recipe_hash
+
+
+@pytest.fixture
+def digits_folder(tmp_path):
+    (tmp_path / "digits").mkdir()
+    return tmp_path / "digits"
+
+
+def test_switching_dataset_with_inherited_augmentations_warns(tmp_path, digits_folder):
+    from edgecnn.recipe import recipe_warnings
+
+    quick = REPO / "recipes" / "quickstart.yaml"
+    child = write(tmp_path, "digits.yaml", f"extends: {quick}\nname: digits\n"
+                  f"data: {{source: image_folder, path: {digits_folder}}}\n")
+    warnings = recipe_warnings(load_recipe(child))
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    warning = warnings[0]
+    assert warning.startswith(f"{child}: switches dataset")
+    # named with the file that set them: the grandparent, not quickstart.yaml
+    assert (f"keeps inherited augmentations (data.augment.horizontal_flip=true, data.augment.translate=0.1 "
+            f"from {REPO / 'recipes' / 'fashion_mnist_mobilenetv2.yaml'})") in warning
+    assert "data.source image_folder instead of fashion_mnist" in warning
+    assert "`data: {augment: {horizontal_flip: false, translate: 0}}`" in warning
+
+
+def test_warning_lists_only_augmentations_still_inherited_and_on(tmp_path, digits_folder):
+    from edgecnn.recipe import recipe_warnings
+
+    quick = REPO / "recipes" / "quickstart.yaml"
+    head = f"extends: {quick}\nname: digits\n"
+    half = write(tmp_path, "half.yaml", head + f"data: {{path: {digits_folder}, augment: {{horizontal_flip: false}}}}\n")
+    (warning,) = recipe_warnings(load_recipe(half))
+    assert "inherited augmentations (data.augment.translate=0.1 from" in warning
+    assert "data.path" in warning
+    off = write(tmp_path, "off.yaml", head + f"data: {{path: {digits_folder}, augment: {{horizontal_flip: false, translate: 0}}}}\n")
+    assert recipe_warnings(load_recipe(off)) == []
+    same = write(tmp_path, "same.yaml", head + "data: {train_limit: 500}\n")
+    assert recipe_warnings(load_recipe(same)) == []
+    # switching dataset with --set counts too
+    assert len(recipe_warnings(load_recipe(same, ["data.source=image_folder", f"data.path={digits_folder}"]))) == 1
+    assert recipe_warnings(load_recipe(quick)) == []
+
+
+def test_validate_prints_the_warning_without_tensorflow(tmp_path, digits_folder):
+    import subprocess
+    import sys
+
+    child = write(tmp_path, "digits.yaml", f"extends: {REPO / 'recipes' / 'quickstart.yaml'}\nname: digits\n"
+                  f"data: {{source: image_folder, path: {digits_folder}}}\n")
+    code = (
+        "import sys\n"
+        "from edgecnn.cli import main\n"
+        "try:\n"
+        f"    main(['validate', {str(child)!r}], standalone_mode=False)\n"
+        "finally:\n"
+        "    print('TF=' + str('tensorflow' in sys.modules), file=sys.stderr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "horizontal_flip" in warnings[0]
+    assert "TF=False" in proc.stderr

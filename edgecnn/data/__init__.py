@@ -8,7 +8,7 @@ from edgecnn.data.dataset import Dataset, dataset_fingerprint, load_dataset, mak
 from edgecnn.data.fashion_mnist import CLASS_NAMES as FASHION_MNIST_CLASSES
 from edgecnn.data.fashion_mnist import load_fashion_mnist, locate_fashion_mnist
 from edgecnn.data.idx import read_idx
-from edgecnn.data.image_folder import load_image_folder
+from edgecnn.data.image_folder import load_image_folder, read_image_folder
 from edgecnn.data.preprocess import NormalizationSpec, make_augmenter, to_model_input
 from edgecnn.data.raw import RawDataset
 
@@ -25,6 +25,7 @@ __all__ = [
     "make_augmenter",
     "make_tf_dataset",
     "read_idx",
+    "read_image_folder",
     "representative_images",
     "to_model_input",
 ]

@@ -8,6 +8,8 @@ Split order (each step seeded by the recipe seed, stratified by class, determini
    (``train_limit`` counts images *before* validation is held out);
 4. hold out ``validation_fraction`` of the (limited) training images as validation;
 5. resize and convert channels of the kept images only.
+
+A test split smaller than :data:`MIN_TEST_IMAGES` is refused: its accuracy would be noise.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ from edgecnn.errors import DataError
 # Bump when the split/resize logic changes, so caches keyed by the fingerprint go stale.
 FINGERPRINT_VERSION = 1
 
+MIN_TEST_IMAGES = 20
+"""Fewest test images a build accepts: with 20, one image is 5 points of accuracy; with
+fewer, one lucky or unlucky image moves the reported accuracy by more than that."""
+
 # Stream tags keep the seeded random choices independent of each other: changing
 # train_limit must not reshuffle which images end up in test.
 _TAG_TEST_SPLIT, _TAG_TRAIN_LIMIT, _TAG_TEST_LIMIT, _TAG_VALIDATION, _TAG_REPRESENTATIVE = 1, 2, 3, 4, 5
@@ -45,6 +51,8 @@ class Dataset:
         class_names: one name per label value.
         normalization: how uint8 pixels become model inputs (stored with every model).
         fingerprint: :func:`dataset_fingerprint` of the config and seed that built it.
+        notes: one-line remarks for the build log (e.g. which hidden/system entries of an
+            image folder were skipped); empty when there is nothing to say.
     """
 
     x_train: np.ndarray
@@ -56,6 +64,7 @@ class Dataset:
     class_names: tuple[str, ...]
     normalization: NormalizationSpec
     fingerprint: str
+    notes: tuple[str, ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -73,6 +82,7 @@ class Dataset:
             "train": len(self.y_train), "validation": len(self.y_val), "test": len(self.y_test),
             "input_shape": list(self.input_shape), "class_names": list(self.class_names),
             "normalization": self.normalization.to_dict(), "fingerprint": self.fingerprint,
+            "notes": list(self.notes),
         }
 
 
@@ -87,9 +97,10 @@ def load_dataset(cfg: Any, seed: int) -> Dataset:
         The :class:`Dataset`.
 
     Raises:
-        DataError: the source cannot be found or read, or a split comes out empty.
+        DataError: the source cannot be found or read, a split comes out empty, or the
+            test split has fewer than :data:`MIN_TEST_IMAGES` images.
     """
-    raw = _load_source(cfg)
+    raw, notes = _load_source(cfg)
     x_train, y_train = raw.x_train, raw.y_train
     if raw.x_test is None:
         keep, held = stratified_split(y_train, cfg.test_fraction, _rng(seed, _TAG_TEST_SPLIT))
@@ -105,6 +116,8 @@ def load_dataset(cfg: Any, seed: int) -> Dataset:
     if cfg.test_limit is not None and cfg.test_limit < len(y_test):
         idx = stratified_subset(y_test, cfg.test_limit, _rng(seed, _TAG_TEST_LIMIT))
         x_test, y_test = x_test[idx], y_test[idx]
+    if len(y_test) < MIN_TEST_IMAGES:
+        raise DataError(_small_test_split(raw.source, len(y_test), cfg, carved=raw.x_test is None))
     keep, held = stratified_split(y_train, cfg.validation_fraction, _rng(seed, _TAG_VALIDATION))
     if len(keep) == 0:
         raise DataError(f"{raw.source}: no training images left after holding out data.validation_fraction={cfg.validation_fraction}; lower it or raise data.train_limit")
@@ -118,16 +131,29 @@ def load_dataset(cfg: Any, seed: int) -> Dataset:
         class_names=tuple(raw.class_names),
         normalization=NormalizationSpec.from_config(cfg.normalization, channels),
         fingerprint=dataset_fingerprint(cfg, seed),
+        notes=notes,
     )
 
 
-def _load_source(cfg: Any) -> RawDataset:
+def _small_test_split(source: str, n: int, cfg: Any, carved: bool) -> str:
+    points = f"one image would be {100 / n:.0f} points of accuracy" if n else "no accuracy can be measured"
+    if carved:
+        fix = "add images, raise data.test_fraction or add a test/ folder with more images"
+    elif cfg.test_limit is not None and cfg.test_limit < MIN_TEST_IMAGES:
+        fix = f"raise data.test_limit to at least {MIN_TEST_IMAGES}"
+    else:
+        fix = "add images to the test split"
+    return (f"{source}: the test split has {n} image{'s' if n != 1 else ''}, fewer than the minimum of {MIN_TEST_IMAGES} "
+            f"({points}); {fix}")
+
+
+def _load_source(cfg: Any) -> tuple[RawDataset, tuple[str, ...]]:
     if cfg.source == "fashion_mnist":
-        return fashion_mnist.load_fashion_mnist(cfg.path)
+        return fashion_mnist.load_fashion_mnist(cfg.path), ()
     if cfg.source == "image_folder":
         if cfg.path is None:
             raise DataError("data.path: image_folder needs the folder with one sub-folder per class; set data.path")
-        return image_folder.load_image_folder(cfg.path, cfg.image_size, cfg.channels)
+        return image_folder.read_image_folder(cfg.path, cfg.image_size, cfg.channels)
     raise DataError(f"data.source: unknown source {cfg.source!r}; use fashion_mnist or image_folder")
 
 

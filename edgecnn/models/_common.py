@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import zipfile
 from pathlib import Path
+from typing import Optional
 
 from edgecnn.errors import ModelFileError, RecipeError
+
+# A .keras zip's metadata.json is about 70 bytes; anything far larger is not one.
+_MAX_METADATA_BYTES = 64 * 1024
 
 
 def resolve_weights(weights: str | None, key: str, channels: int) -> str | None:
@@ -112,3 +118,74 @@ def reduce_output_stride(keras, backbone, output_stride: int):
     rebuilt = keras.Model.from_config(config)
     rebuilt.set_weights(backbone.get_weights())
     return rebuilt
+
+
+# --------------------------------------------------------------------------- Keras 3 files
+
+
+def _major(version: object) -> Optional[int]:
+    if isinstance(version, bytes):
+        version = version.decode("ascii", "replace")
+    head = str(version).strip().split(".")[0]
+    return int(head) if head.isdigit() else None
+
+
+def keras3_origin(path: Path) -> Optional[str]:
+    """Say how ``path`` was written when it is a Keras 3 model that tf_keras cannot load; else None.
+
+    Reads only the file's own labels, without TensorFlow: the ``keras_version`` in a
+    ``.keras`` zip's ``metadata.json`` (Keras 3 writes ``"3.x"``, tf_keras ``"2.x"``),
+    the ``keras_version`` attribute of an ``.h5`` file's root group, and, for a folder,
+    a ``saved_model.pb`` without the ``keras_metadata.pb`` that tf_keras writes next to
+    it (Keras 3's ``model.export()`` and ``tf.saved_model.save`` leave no Keras model in
+    it). Anything unreadable returns None, so the loader reports it in its own words.
+    """
+    path = Path(path)
+    if path.is_dir():
+        if (path / "saved_model.pb").is_file() and not (path / "keras_metadata.pb").is_file():
+            return "a SavedModel without Keras metadata (what Keras 3's model.export() and tf.saved_model.save() write)"
+        return None
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                info = archive.getinfo("metadata.json")
+                if info.file_size > _MAX_METADATA_BYTES:
+                    return None
+                version = json.loads(archive.read(info)).get("keras_version")
+        elif path.suffix.lower() in (".h5", ".hdf5"):
+            try:
+                import h5py  # installed with tf_keras; optional here
+            except ImportError:
+                return None
+            with h5py.File(path, "r") as handle:
+                version = handle.attrs.get("keras_version")
+        else:
+            return None
+    except (OSError, KeyError, ValueError, AttributeError, zipfile.BadZipFile):
+        return None
+    major = _major(version) if version is not None else None
+    if major is None or major < 3:
+        return None
+    shown = version.decode("ascii", "replace") if isinstance(version, bytes) else str(version)
+    return f"saved by Keras {shown} (Keras 3)"
+
+
+def refuse_keras3_model(path: Path, what: str) -> None:
+    """Raise one line saying why a Keras 3 model cannot be used and how to re-save it for tf_keras.
+
+    The advice is what the tests check works: tf_keras's ``load_weights`` reads the
+    weights file Keras 3's ``save_weights`` writes (and the ``model.weights.h5`` inside a
+    Keras 3 ``.keras`` zip) into the same architecture rebuilt with tf_keras.
+
+    Raises:
+        ModelFileError: when ``path`` is a Keras 3 model (see :func:`keras3_origin`).
+    """
+    origin = keras3_origin(path)
+    if origin is None:
+        return
+    inside = " (or the model.weights.h5 inside the .keras zip)" if zipfile.is_zipfile(path) else ""
+    raise ModelFileError(
+        f"{path}: {what} is {origin}; edgecnn needs a tf_keras (Keras 2) model, the Keras that TensorFlow Model "
+        f"Optimization works with: in Keras 3 run model.save_weights('teacher.weights.h5'){inside}, rebuild the same "
+        "architecture with `import tf_keras as keras`, then model.load_weights('teacher.weights.h5') and "
+        "model.save('teacher.keras') (README: 'A teacher saved by Keras 3')")
