@@ -130,7 +130,12 @@ def _ssh_settings(remote_python: str, identity: str | None, known_hosts: str | N
 @click.option("--wait/--no-wait", default=False, show_default=True,
               help="When another build holds the run directory: wait for it to finish, or fail at once.")
 def build(recipe: str, out_dir: str | None, overrides: tuple[str, ...], quiet: bool, wait: bool) -> None:
-    """Run the pipeline of RECIPE: data, teacher, student, export, quantize, evaluate, report."""
+    """Run the pipeline of RECIPE: data, teacher, student, export, quantize, evaluate, report.
+
+    The run directory is new, empty or one edgecnn made (a folder of other files is
+    refused). One build at a time uses it: another one fails at once (exit 8) or, with
+    --wait, waits and then re-uses what the first one built.
+    """
     from edgecnn.pipeline import build as run_build
     from edgecnn.progress import Progress
 
@@ -300,7 +305,8 @@ def bench(model: str | None, targets: tuple[str, ...], threads: int, runs: int, 
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Bundle folder to write: new or empty (an edgecnn bundle there needs --force).")
 @click.option("--force", is_flag=True, help="Replace an existing bundle edgecnn wrote (never another folder).")
-@click.option("--model", "which", type=click.Choice(["int8", "float32", "all"]), default="int8", show_default=True,
+@click.option("--model", "which", type=click.Choice(["int8", "float32", "float16", "all"]), default="int8",
+              show_default=True,
               help="Which model(s) of the run to ship.")
 @click.option("--samples", type=click.IntRange(min=1), default=32, show_default=True, help="Golden test images per model.")
 def bundle(run_dir: str, out_dir: str, force: bool, which: str, samples: int) -> None:
@@ -318,15 +324,24 @@ def bundle(run_dir: str, out_dir: str, force: bool, which: str, samples: int) ->
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=300.0, show_default=True,
               help="Seconds before a runner process is killed.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--exact", is_flag=True, help="Require bit-exact outputs (same runtime, version and CPU as the host).")
+@click.option("--tolerance-steps", type=click.IntRange(min=0),
+              help="int8 models: allowed output deviation in quantization steps (default ceil(3*sqrt(operators))).")
+@click.option("--float-tolerance", type=click.FloatRange(min=0, min_open=True),
+              help="float models: allowed absolute output deviation (default from the model's depth).")
+@click.option("--min-top1", type=click.FloatRange(min=0, max=1), default=0.9, show_default=True,
+              help="Least share of golden samples whose top-1 class must agree with the host's.")
 @_ssh_options
-def verify(bundle_dir: str, target: str, threads: int, timeout_s: float, as_json: bool, remote_python: str,
+def verify(bundle_dir: str, target: str, threads: int, timeout_s: float, as_json: bool, exact: bool,
+           tolerance_steps: int | None, float_tolerance: float | None, min_top1: float, remote_python: str,
            identity: str | None, known_hosts: str | None, accept_new_host_key: bool, connect_timeout: float) -> None:
-    """Check BUNDLE_DIR's sha256s, then run its golden inputs on the target and compare with the host."""
+    """Check BUNDLE_DIR's sha256s, then run its golden inputs on the target and compare with the host's outputs."""
     from edgecnn.errors import DeviceError
     from edgecnn.export.bundle import format_verify, verify_bundle
 
     ssh = _ssh_settings(remote_python, identity, known_hosts, accept_new_host_key, connect_timeout)
-    report = verify_bundle(bundle_dir, target=target, timeout_s=timeout_s, threads=threads, ssh=ssh)
+    report = verify_bundle(bundle_dir, target=target, timeout_s=timeout_s, threads=threads, ssh=ssh, exact=exact,
+                           tolerance_steps=tolerance_steps, float_atol=float_tolerance, min_top1=min_top1)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_verify(report))
     if not report.ok:
         sys.exit(DeviceError.exit_code)

@@ -6,32 +6,110 @@ which stages run, in what order, whether a cached result can be re-used, and the
 of what was produced.
 
 Caching: a stage's key is the sha256 of its name, the edgecnn version, the recipe
-sections it reads, and the sha256 of every upstream artifact it consumes (content, not
+sections it reads, the sha256 of every upstream artifact it consumes (content, not
 upstream keys, so a re-trained teacher invalidates the student even under the same
-recipe). ``stages/<name>.json`` records the key and the sha256 of each output; a stage is
-re-used only when the key matches and every output still hashes to its record. The
-record is written last, so a build killed mid-stage leaves a stale record that no longer
-matches, never a file that passes for valid.
+recipe) and the sha256 of every file outside the run directory it reads
+(``teacher.path``, local weights files, an image folder's images, a benchmark binary: a
+teacher re-trained and saved at the same path is a new teacher). ``stages/<name>.json``
+records the key and the sha256 of each output; a stage is re-used only when the key
+matches and every output still hashes to its record. The record is written last, so a
+build killed mid-stage leaves a stale record that no longer matches, never a file that
+passes for valid; a record that is not one at all (hand-edited, wrong shape) is a cache
+miss with a one-line warning, never an error.
+
+Input files are read once: ``stages/input_hashes.json`` keeps each file's sha256 with
+its size, modification and change times and inode, and a file whose four values are
+unchanged is not read again (the hash decides; the stat only saves the reading).
+
+Stage outputs are reproducible: the same inputs give the same bytes (no dates inside
+``.keras`` or ``.tflite`` files), so an unchanged re-run of a stage leaves every later
+stage cached, and two builds of one recipe list the same artifact sha256s.
+
+One build at a time per run directory: :func:`build` holds an exclusive ``flock`` on its
+``.edgecnn-lock`` (the kernel releases it when the process ends, however it ends).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
-from typing import Callable
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterator
 
 from edgecnn import stages as _stages
 from edgecnn.stages import StageResult
-from edgecnn.errors import EdgecnnError
-from edgecnn.fileio import clean_stale_temporaries, path_size, sha256_file, write_json_atomic
+from edgecnn.errors import DataError, EdgecnnError, ModelFileError
+from edgecnn.fileio import claim_output_dir, clean_stale_temporaries, path_size, sha256_file, write_json_atomic
 from edgecnn.progress import Progress
 from edgecnn.recipe import Recipe, load_recipe
 
 STAGE_DIR = "stages"
+INPUT_HASHES_FILE = "input_hashes.json"  # under STAGE_DIR
+LOCK_FILE = ".edgecnn-lock"
+
+
+class RunDirectoryBusyError(EdgecnnError):
+    """Another build holds the run directory's lock (and the caller asked not to wait)."""
+
+    exit_code = 8
+
+
+@dataclass(frozen=True)
+class InputFiles:
+    """Files outside the run directory that a stage reads; their content goes into its key.
+
+    Attributes:
+        root: the file or folder the recipe names (``teacher.path``, ``data.path`` ...).
+        files: the files read, under ``root`` (or ``root`` itself).
+    """
+
+    root: Path
+    files: tuple[Path, ...]
+
+
+def _no_inputs(recipe: Recipe) -> dict[str, InputFiles]:
+    return {}
+
+
+def _model_file(key: str, path) -> dict[str, InputFiles]:
+    """A file (a Keras model, weights, a binary), or every file of a folder (a SavedModel)."""
+    root = Path(path).expanduser()
+    files = tuple(sorted(p for p in root.rglob("*") if p.is_file())) if root.is_dir() else (root,)
+    return {key: InputFiles(root, files)}
+
+
+def _weights_file(key: str, weights: str | None) -> dict[str, InputFiles]:
+    # None and 'imagenet' name no local file (keras.applications downloads and checks those).
+    return _model_file(key, weights) if weights not in (None, "imagenet") else {}
+
+
+def _data_inputs(r: Recipe) -> dict[str, InputFiles]:
+    if r.data.source != "image_folder":
+        return {}  # the Fashion-MNIST files are hashed by content in dataset_fingerprint
+    from edgecnn.data.image_folder import list_image_files
+
+    root = Path(r.data.path).expanduser()
+    return {"data.path": InputFiles(root, tuple(list_image_files(root)))}
+
+
+def _teacher_inputs(r: Recipe) -> dict[str, InputFiles]:
+    if r.teacher.path is not None:
+        return _model_file("teacher.path", r.teacher.path)
+    return _weights_file("teacher.weights", r.teacher.weights)
+
+
+def _bench_inputs(r: Recipe) -> dict[str, InputFiles]:
+    # The benchmark binary shapes the figures; ssh keys and known-hosts files do not.
+    inputs: dict[str, InputFiles] = {}
+    for i, target in enumerate(r.bench):
+        if target.benchmark_binary is not None:
+            inputs.update(_model_file(f"bench[{i}].benchmark_binary", target.benchmark_binary))
+    return inputs
 
 
 @dataclass(frozen=True)
@@ -45,6 +123,8 @@ class Stage:
         run: the transformation.
         enabled: whether the recipe asks for this stage.
         describe: one line for ``edgecnn validate``.
+        inputs: files outside the run directory the stage reads (recipe key -> files);
+            their content goes into the cache key.
     """
 
     name: str
@@ -53,6 +133,7 @@ class Stage:
     run: Callable[[Recipe, "BuildContext"], StageResult]
     enabled: Callable[[Recipe], bool]
     describe: Callable[[Recipe], str]
+    inputs: Callable[[Recipe], dict[str, InputFiles]] = _no_inputs
 
 
 def _teacher_needed(r: Recipe) -> bool:
@@ -62,15 +143,16 @@ def _teacher_needed(r: Recipe) -> bool:
 STAGES: tuple[Stage, ...] = (
     Stage("data", ("data", "seed"), (), _stages.run_data, lambda r: True,
           lambda r: f"{r.data.source} at {r.data.image_size}x{r.data.image_size}x{r.data.channels}"
-                    f"{f', train_limit {r.data.train_limit}' if r.data.train_limit else ''}"),
+                    f"{f', train_limit {r.data.train_limit}' if r.data.train_limit else ''}", _data_inputs),
     Stage("teacher", ("teacher", "seed"), ("dataset",), _stages.run_teacher, _teacher_needed,
           lambda r: f"load {r.teacher.path}" if r.teacher.path else
-                    f"train {r.teacher.architecture} for {r.teacher.train.epochs} epochs"),
+                    f"train {r.teacher.architecture} for {r.teacher.train.epochs} epochs", _teacher_inputs),
     Stage("student", ("student", "distill", "seed"), ("dataset", "teacher"), _stages.run_student, lambda r: True,
           lambda r: f"{r.student.architecture} alpha {r.student.alpha:g}"
                     + (f" (output stride {r.student.output_stride})" if r.student.output_stride != 32 else "") + ", "
                     + (f"distilled at T={r.distill.temperature:g}, alpha={r.distill.alpha:g}" if r.distill.enabled else "hard labels only")
-                    + f", {r.distill.train.epochs} epochs"),
+                    + f", {r.distill.train.epochs} epochs",
+          lambda r: _weights_file("student.weights", r.student.weights)),
     Stage("export", ("export",), ("dataset", "student"), _stages.run_export, lambda r: bool(r.export.formats),
           lambda r: "TFLite " + ", ".join(r.export.formats)),
     Stage("quantize", ("quantize", "seed"), ("dataset", "student"), _stages.run_quantize, lambda r: r.quantize.int8,
@@ -83,7 +165,8 @@ STAGES: tuple[Stage, ...] = (
     # Cached like the others (config + model and data content); re-measure by changing
     # the bench section or deleting stages/bench.json.
     Stage("bench", ("bench",), ("dataset", "tflite"), _stages.run_bench, lambda r: bool(r.bench),
-          lambda r: "every .tflite on " + ", ".join(t.target for t in r.bench) + ", device-side accuracy"),
+          lambda r: "every .tflite on " + ", ".join(t.target for t in r.bench) + ", device-side accuracy",
+          _bench_inputs),
 )
 
 
@@ -93,7 +176,11 @@ def planned_stages(recipe: Recipe) -> list[Stage]:
 
 
 class BuildContext:
-    """What stages share: the run directory, produced artifacts, progress and lazy data."""
+    """What stages share: the run directory, produced artifacts, progress and lazy data.
+
+    Attributes:
+        inputs: per stage, the sha256 of each input file set it read (recipe key -> digest).
+    """
 
     def __init__(self, recipe: Recipe, out_dir: Path, progress: Progress):
         self.recipe = recipe
@@ -101,6 +188,7 @@ class BuildContext:
         self.progress = progress
         self.artifacts: dict[str, Path] = {}
         self.metrics: dict[str, dict] = {}
+        self.inputs: dict[str, dict[str, str]] = {}
 
     @cached_property
     def dataset(self):
@@ -117,7 +205,71 @@ class BuildContext:
         return {k: v for k, v in sorted(self.artifacts.items()) if any(k == n or k.startswith(n + "_") for n in names)}
 
 
-def _stage_key(stage: Stage, recipe: Recipe, ctx: BuildContext, hashes: dict[str, str]) -> str:
+# Files changed this recently are hashed but not remembered: a write in the same clock
+# tick as the hashing could leave size and times unchanged (git's "racy" index entries).
+_RACY_NS = 2_000_000_000
+
+
+@dataclass
+class _ContentHashes:
+    """sha256 of input files, remembered in the run directory by (size, mtime, ctime, inode)."""
+
+    path: Path
+    entries: dict[str, dict] = field(default_factory=dict)
+    dirty: bool = False
+    seen: set[str] = field(default_factory=set)  # files this build read; only they are kept
+
+    @classmethod
+    def load(cls, path: Path) -> "_ContentHashes":
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        entries = data if isinstance(data, dict) else {}
+        # Anything of the wrong shape is forgotten (and re-hashed), never trusted.
+        entries = {k: v for k, v in entries.items() if isinstance(v, dict) and isinstance(v.get("sha256"), str)
+                   and isinstance(v.get("stat"), list)}
+        return cls(path, entries)
+
+    def file_digest(self, path: Path) -> str:
+        st = os.stat(path)
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+        name = str(path.resolve())
+        self.seen.add(name)
+        entry = self.entries.get(name)
+        if entry is not None and entry["stat"] == stamp:
+            return entry["sha256"]
+        digest = sha256_file(path)
+        if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _RACY_NS:
+            self.entries[name] = {"stat": stamp, "sha256": digest}
+            self.dirty = True
+        return digest
+
+    def digest(self, key: str, inputs: InputFiles) -> str:
+        """One sha256 over the files' paths (relative to the root) and contents.
+
+        Raises:
+            DataError / ModelFileError: a file cannot be read (one line naming ``key``).
+        """
+        digest = hashlib.sha256()
+        try:
+            for f in inputs.files:
+                rel = f.relative_to(inputs.root).as_posix() if f != inputs.root else ""
+                digest.update(json.dumps([rel, self.file_digest(f)]).encode())
+        except OSError as exc:
+            error = DataError if key.startswith("data.") else ModelFileError
+            raise error(f"{key} '{inputs.root}': cannot read {exc.filename or f}: {exc.strerror or exc}; "
+                        "fix the path or its permissions") from None
+        return digest.hexdigest()
+
+    def save(self) -> None:
+        if self.dirty:
+            write_json_atomic(self.path, {k: v for k, v in self.entries.items() if k in self.seen})
+            self.dirty = False
+
+
+def _stage_key(stage: Stage, recipe: Recipe, ctx: BuildContext, hashes: dict[str, str],
+               content: _ContentHashes) -> str:
     from edgecnn import __version__
 
     upstream = {name: hashes[name] for name in ctx.artifacts_for(stage.consumes)}
@@ -128,6 +280,10 @@ def _stage_key(stage: Stage, recipe: Recipe, ctx: BuildContext, hashes: dict[str
         "seed": recipe.seed if "seed" in stage.sections else None,
         "upstream": upstream,
     }
+    inputs = {key: content.digest(key, files) for key, files in stage.inputs(recipe).items()}
+    ctx.inputs[stage.name] = inputs
+    if inputs:  # absent when empty, so keys of stages without input files are as before
+        payload["inputs"] = inputs
     if stage.name == "data":
         from edgecnn.data import dataset_fingerprint
 
@@ -135,18 +291,57 @@ def _stage_key(stage: Stage, recipe: Recipe, ctx: BuildContext, hashes: dict[str
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def _load_record(out_dir: Path, stage: Stage, key: str) -> dict | None:
-    """The stage's record if it matches ``key`` and every recorded output is intact."""
+def _record_problem(record: object) -> str | None:
+    """Why ``record`` is not a stage record as :func:`_run_stages` writes it (None if it is)."""
+    if not isinstance(record, dict):
+        return f"holds a JSON {type(record).__name__}, not a stage record"
+    if not isinstance(record.get("key"), str):
+        return "has no cache key"
+    artifacts = record.get("artifacts")
+    if not isinstance(artifacts, dict):
+        return "its 'artifacts' is not a mapping"
+    for name, item in artifacts.items():
+        if not isinstance(item, dict) or not isinstance(item.get("path"), str) or not isinstance(item.get("sha256"), str):
+            return f"its artifact '{name}' has no path and sha256"
+        rel = PurePosixPath(item["path"])
+        if rel.is_absolute() or not rel.parts or ".." in rel.parts:
+            return f"its artifact '{name}' points outside the run directory"
+    if not isinstance(record.get("metrics", {}), dict):
+        return "its 'metrics' is not a mapping"
+    wall = record.get("wall_s", 0.0)
+    if isinstance(wall, bool) or not isinstance(wall, (int, float)):
+        return "its 'wall_s' is not a number"
+    return None
+
+
+def _load_record(out_dir: Path, stage: Stage, key: str, progress: Progress | None = None) -> dict | None:
+    """The stage's record if it matches ``key`` and every recorded output is intact.
+
+    A record that cannot be read as one (bad JSON, wrong shape) is a cache miss with a
+    one-line warning: the stage is rebuilt and its record rewritten.
+    """
     record_path = out_dir / STAGE_DIR / f"{stage.name}.json"
+    if not record_path.exists():
+        return None
     try:
         record = json.loads(record_path.read_text())
-    except (OSError, ValueError):
+        problem = _record_problem(record)
+    except ValueError as exc:
+        problem = f"is not valid JSON ({type(exc).__name__})"
+    except OSError as exc:
+        problem = f"cannot be read ({exc.strerror or exc})"
+    if problem is not None:
+        if progress is not None:
+            progress.line(f"    warning: {STAGE_DIR}/{stage.name}.json {problem}; rebuilding the stage")
         return None
-    if record.get("key") != key:
+    if record["key"] != key:
         return None
     for item in record.get("artifacts", {}).values():
         path = out_dir / item["path"]
-        if not path.exists() or sha256_file(path) != item["sha256"]:
+        try:
+            if not path.exists() or sha256_file(path) != item["sha256"]:
+                return None
+        except OSError:  # unreadable now: rebuild it (writing it will say what is wrong)
             return None
     return record
 
@@ -165,48 +360,111 @@ class BuildResult:
 
 
 def build(recipe: Recipe | str | Path, out_dir: str | Path | None = None, overrides: tuple[str, ...] = (),
-          progress: Progress | None = None) -> BuildResult:
+          progress: Progress | None = None, wait: bool = False) -> BuildResult:
     """Run every planned stage of ``recipe``, re-using cached ones, then write the report.
 
     Args:
         recipe: a Recipe or the path of a recipe file.
-        out_dir: the run directory (default ``runs/<recipe name>``).
+        out_dir: the run directory (default ``runs/<recipe name>``): new, empty, or one
+            edgecnn made; a folder of other files is refused and left untouched.
         overrides: ``a.b=c`` strings, applied when ``recipe`` is a path.
         progress: progress printer (default: a non-quiet one on stderr).
+        wait: when another build holds the run directory, wait for it to finish (then
+            re-use what it cached) instead of failing at once.
 
     Returns:
         A :class:`BuildResult`.
 
     Raises:
+        RunDirectoryBusyError: another build holds the run directory and ``wait`` is False.
+        FilesystemError: the run directory is not edgecnn's or cannot be created.
         EdgecnnError: bad recipe, data or model files.
     """
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides)
-    out = Path(out_dir) if out_dir else Path("runs") / recipe.name
-    out.mkdir(parents=True, exist_ok=True)
-    clean_stale_temporaries(out)
+    out = claim_output_dir(Path(out_dir) if out_dir else Path("runs") / recipe.name, "run", what="--out",
+                           legacy=(STAGE_DIR, "manifest.json"))
     progress = progress or Progress()
-    progress.attach_log(out / "logs" / "build.log")
+    with _run_lock(out, wait, progress):
+        # Only under the lock: another build's temporaries are not stale while it runs.
+        clean_stale_temporaries(out)
+        progress.attach_log(out / "logs" / "build.log")
+        try:
+            return _run_stages(recipe, out, progress)
+        finally:
+            progress.close()
+
+
+def _lock_holder(fd: int) -> str:
     try:
-        return _run_stages(recipe, out, progress)
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        text = ""
+    return f"PID {text}" if text.isdigit() else "a process that has not written its PID yet"
+
+
+@contextlib.contextmanager
+def _run_lock(out: Path, wait: bool, progress: Progress) -> Iterator[None]:
+    """Hold an exclusive lock on ``out`` (``flock``; released by the kernel if the process dies)."""
+    import fcntl
+
+    fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            if not wait:
+                raise RunDirectoryBusyError(
+                    f"--out {out}: another edgecnn build ({holder}) is using this run directory; "
+                    "pass --wait to wait for it and re-use what it builds, or choose another --out") from None
+            progress.line(f"waiting for the edgecnn build ({holder}) that holds {out} to finish ...")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
     finally:
-        progress.close()
+        os.close(fd)  # releases the lock
+
+
+def _inherited_augmentations(recipe: Recipe) -> list[dict]:
+    """The ``data.augment`` settings this recipe takes from an ``extends:`` parent."""
+    from edgecnn import recipe as recipe_module
+
+    resolved = recipe.to_dict()
+    rows = []
+    for key, parent in sorted(recipe_module.inherited_settings(recipe).items()):
+        if key == "data.augment" or key.startswith("data.augment."):
+            value = resolved
+            for part in key.split("."):
+                value = value.get(part) if isinstance(value, dict) else None
+            rows.append({"key": key, "value": value, "from": str(parent)})
+    return rows
 
 
 def _run_stages(recipe: Recipe, out: Path, progress: Progress) -> BuildResult:
+    from edgecnn import recipe as recipe_module
     from edgecnn.report import write_reports
 
     ctx = BuildContext(recipe, out, progress)
     hashes: dict[str, str] = {}
+    content = _ContentHashes.load(out / STAGE_DIR / INPUT_HASHES_FILE)
     plan = planned_stages(recipe)
     timings: list[dict] = []
     ran, cached = [], []
     progress.line(f"edgecnn build '{recipe.name}' -> {out}")
+    for warning in recipe_module.recipe_warnings(recipe):
+        progress.line(f"warning: {warning}")
+    inherited = _inherited_augmentations(recipe)
+    for row in inherited:
+        progress.line(f"    augmentation inherited through extends: {row['key']} = {json.dumps(row['value'])} "
+                      f"(from {row['from']})")
     for index, stage in enumerate(plan, start=1):
-        key = _stage_key(stage, recipe, ctx, hashes)
+        key = _stage_key(stage, recipe, ctx, hashes, content)
+        content.save()
         with progress.stage(index, len(plan), stage.name, stage.describe(recipe)) as info:
             start = time.monotonic()
-            record = _load_record(out, stage, key)
+            record = _load_record(out, stage, key, progress)
             if record is not None:
                 info["cached"] = True
                 cached.append(stage.name)
@@ -235,12 +493,13 @@ def _run_stages(recipe: Recipe, out: Path, progress: Progress) -> BuildResult:
                             "compute_wall_s": round(wall, 3)})
             if "accuracy" in metrics:
                 info["note"] = f"test accuracy {metrics['accuracy'] * 100:.2f}%"
-    report_paths = write_reports(recipe, ctx, hashes, timings)
-    progress.line(f"model:  {ctx.artifacts.get('tflite_int8') or next(iter(ctx.artifacts_for(('tflite',)).values()), '-')}")
-    progress.line(f"report: {report_paths['report_md']}")
+    report_paths = write_reports(recipe, ctx, hashes, timings, inherited_augmentations=inherited)
+    # No summary here: the result (models, accuracies, report path) is the caller's to
+    # print once -- the CLI prints it as a table -- not a second copy in the progress.
+    progress.line(f"build '{recipe.name}' finished in {progress.elapsed():.1f}s")
     return BuildResult(out, report_paths["report"], report_paths["report_md"], report_paths["manifest"],
                        report_paths["data"], ran, cached)
 
 
-
-__all__ = ["BuildResult", "EdgecnnError", "STAGES", "Stage", "StageResult", "build", "planned_stages"]
+__all__ = ["BuildResult", "EdgecnnError", "InputFiles", "RunDirectoryBusyError", "STAGES", "Stage", "StageResult", "build",
+           "planned_stages"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import time
 from importlib import metadata
@@ -71,8 +72,23 @@ def summarize(models: list[dict]) -> dict:
     return out
 
 
-def write_reports(recipe: "Recipe", ctx: "BuildContext", hashes: dict[str, str], timings: list[dict]) -> dict[str, Path]:
-    """Write report.json, report.md and manifest.json atomically; return their paths and the report."""
+def write_reports(recipe: "Recipe", ctx: "BuildContext", hashes: dict[str, str], timings: list[dict],
+                  inherited_augmentations: list[dict] | None = None) -> dict[str, Path]:
+    """Write report.json, report.md and manifest.json atomically; return their paths and the report.
+
+    Args:
+        recipe: the build's recipe.
+        ctx: the finished build's context (artifacts, metrics).
+        hashes: artifact name -> sha256.
+        timings: one row per stage (see :func:`edgecnn.pipeline.build`).
+        inherited_augmentations: ``data.augment`` settings taken from an ``extends:``
+            parent, as ``{"key", "value", "from"}`` rows (listed in the data section).
+
+    The manifest's ``artifacts`` are the stages' outputs, whose bytes depend only on
+    their inputs (two builds of one recipe on one machine list the same sha256s); the
+    reports, which carry this build's date and timings, are listed apart under
+    ``reports``.
+    """
     out = ctx.out_dir
     models = collect_models(ctx)
     dataset_info = _read_json(ctx.artifacts.get("dataset"))
@@ -80,7 +96,8 @@ def write_reports(recipe: "Recipe", ctx: "BuildContext", hashes: dict[str, str],
         "recipe": recipe.name,
         "recipe_hash": recipe.recipe_hash,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "dataset": ctx.metrics.get("data", {}),
+        "dataset": {**ctx.metrics.get("data", {}), "augment": recipe.to_dict()["data"].get("augment"),
+                    "inherited_augmentations": list(inherited_augmentations or [])},
         # What the device side needs to feed the model the way it was trained.
         "preprocessing": {k: dataset_info.get(k) for k in ("input_shape", "normalization", "class_names")},
         "models": models,
@@ -97,23 +114,21 @@ def write_reports(recipe: "Recipe", ctx: "BuildContext", hashes: dict[str, str],
     md_path = write_text_atomic(out / REPORT_MD_FILE, render_markdown(report))
     artifacts = {name: {"path": str(path.relative_to(out)), "sha256": hashes[name], "size_bytes": path_size(path)}
                  for name, path in sorted(ctx.artifacts.items())}
-    artifacts["report"] = {"path": REPORT_FILE, "sha256": sha256_file(report_path), "size_bytes": path_size(report_path)}
-    for path in (md_path, *plots):
-        artifacts[path.stem] = {"path": path.name, "sha256": sha256_file(path), "size_bytes": path_size(path)}
+    reports = {path.stem: {"path": path.name, "sha256": sha256_file(path), "size_bytes": path_size(path)}
+               for path in (report_path, md_path, *plots)}
     manifest = {
         "recipe": recipe.to_dict(),
         "recipe_hash": recipe.recipe_hash,
         "versions": package_versions(),
         "platform": {"machine": platform.machine(), "system": platform.system()},
         "artifacts": artifacts,
+        "reports": reports,
     }
     manifest_path = write_json_atomic(out / MANIFEST_FILE, manifest)
     return {"report": report_path, "report_md": md_path, "manifest": manifest_path, "data": report}
 
 
 def _read_json(path: Path | None) -> dict:
-    import json
-
     return json.loads(path.read_text()) if path else {}
 
 
@@ -157,6 +172,19 @@ def render_markdown(report: dict) -> str:
             lines.append(f"- int8 file size: **{summary['int8_size_ratio']:.2f}x** the float32 file")
     for plot in report.get("plots", []):
         lines += ["", f"![{plot}]({plot})"]
+    dataset = report.get("dataset") or {}
+    if dataset.get("splits") or dataset.get("augment") is not None:
+        lines += ["", "## Data", ""]
+        splits = dataset.get("splits") or {}
+        if splits:
+            lines.append("- images: " + ", ".join(f"{n} {name}" for name, n in splits.items()))
+        augment = dataset.get("augment")
+        if isinstance(augment, dict):
+            shown = ", ".join(f"{k} {v}" for k, v in augment.items() if v not in (None, False, 0, 0.0)) or "none"
+            lines.append(f"- training augmentation: {shown}")
+        for row in dataset.get("inherited_augmentations") or []:
+            lines.append(f"- inherited through `extends` from `{row['from']}`: `{row['key']}` = "
+                         f"`{json.dumps(row['value'])}`")
     prep = report.get("preprocessing") or {}
     if prep.get("normalization"):
         norm = prep["normalization"]

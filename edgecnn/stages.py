@@ -41,9 +41,38 @@ def _input_shape(recipe: "Recipe") -> tuple[int, int, int]:
 
 
 def _save_keras(model, path: Path) -> Path:
+    """``model.save`` to a ``.keras`` file whose bytes depend only on the model.
+
+    Keras stamps the archive with the save time (``metadata.json``'s ``date_saved`` and
+    the weights entry's zip date), so the same weights would get a new sha256 on every
+    save and re-run every later stage. The archive is rewritten without either.
+    """
     with atomic_path(path) as tmp:
         model.save(tmp)
+        if tmp.is_file():
+            _normalize_keras_archive(tmp)
     return path
+
+
+def _normalize_keras_archive(path: Path) -> None:
+    import json
+    import zipfile
+
+    from edgecnn.export.metadata import ZIP_DATE_TIME
+
+    with zipfile.ZipFile(path) as zf:
+        entries = [(info.filename, info.compress_type, zf.read(info)) for info in zf.infolist()]
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, compression, data in entries:
+            if name == "metadata.json":
+                meta = json.loads(data)
+                meta.pop("date_saved", None)
+                data = json.dumps(meta).encode()
+            info = zipfile.ZipInfo(name, date_time=ZIP_DATE_TIME)
+            info.create_system = 3  # "Unix" on every OS
+            info.external_attr = 0o644 << 16
+            info.compress_type = compression
+            zf.writestr(info, data)
 
 
 def _eval_dataset(ctx: "BuildContext", x, y):
@@ -130,9 +159,17 @@ def run_data(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
         "splits": counts,
         "config": recipe.to_dict()["data"],
     }
+    if ctx.inputs.get("data"):
+        # The images' content (the fingerprint has only names, sizes and times), so a
+        # changed image changes this file and with it every later stage's key.
+        summary["inputs_sha256"] = ctx.inputs["data"]
+    if ds.notes:  # e.g. hidden/system entries an image folder skipped
+        summary["notes"] = list(ds.notes)
     path = write_json_atomic(ctx.path(DATASET_FILE), summary)
     ctx.progress.line(f"    {counts['train']} train / {counts['validation']} validation / {counts['test']} test images, "
                       f"{len(ds.class_names)} classes")
+    for note in ds.notes:
+        ctx.progress.line(f"    note: {note}")
     return StageResult({"dataset": path}, {"splits": counts, "num_classes": len(ds.class_names)})
 
 
@@ -254,7 +291,10 @@ def run_evaluate(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
             "output_dtype": summary.outputs[0].dtype,
             "size_bytes": summary.file_size,
         }
-        ctx.progress.line(f"    {path.name}: {accuracy * 100:.2f}% on {len(ds.y_test)} test images ({runtime} {version})")
+    # Names only: the accuracies are the build's result, printed once at its end (the CLI's
+    # table) and kept in report.json, not repeated here.
+    evaluated = ", ".join(r["path"] for r in results.values()) or "no .tflite model"
+    ctx.progress.line(f"    {evaluated} on {len(ds.y_test)} test images ({runtime} {version})")
     evaluation = {"runtime": runtime, "runtime_version": version, "test_images": int(len(ds.y_test)),
                   "models": results}
     path = write_json_atomic(ctx.path(EVALUATION_FILE), evaluation)
@@ -297,6 +337,7 @@ def run_bench(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
     for n in sorted({t.samples for t in recipe.bench if t.samples}):
         count = min(n, len(ds.y_test))
         with atomic_path(ctx.path(f"bench_samples_{n}.npz")) as tmp:
+            # (np.savez dates its zip entries 1980-01-01: the file's bytes depend on the data only)
             np.savez(tmp, x=ds.normalization.apply(ds.x_test[:count]).astype(np.float32),
                      y=np.asarray(ds.y_test[:count]))
         produced[f"bench_samples_{n}"] = ctx.path(f"bench_samples_{n}.npz")

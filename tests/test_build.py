@@ -57,6 +57,42 @@ def test_every_stage_ran_and_report_lists_models(built):
     assert len(report["preprocessing"]["class_names"]) == 10
 
 
+# Stage outputs whose bytes depend only on the recipe and the data. Not compared, by
+# design: report.json / report.md (build date, wall times), manifest.json as a file (it
+# lists the reports; its "artifacts" section is compared), stages/*.json (finish and wall
+# times), logs/build.log, stages/input_hashes.json (inodes, change times), .edgecnn-lock.
+DETERMINISTIC = ("dataset.json", "teacher.keras", "student.keras", "student_float32.tflite", "student_int8.tflite",
+                 "evaluation.json", "accuracy_size.svg", "training_curves.svg")
+
+
+def test_a_second_build_in_another_process_gives_identical_artifacts(built, tmp_path):
+    """Build the same recipe again in a new process (the CLI) into a new directory.
+
+    Training on the CPU with the recipe's seed is bit-reproducible between processes on
+    one machine (tf_keras seeds Python, NumPy and TensorFlow; the tf.data shuffle is
+    seeded; the CPU kernels used here are deterministic at a fixed thread count), so the
+    Keras files match too once the save date is stripped. Across machines with other
+    CPUs (other oneDNN kernels, other thread counts) the trained weights may differ in
+    the last bits; what is then still reproducible is every file computed from equal
+    inputs (the TFLite files from an equal student, evaluation.json from equal models).
+
+    Also: the CLI prints the result table once (the evaluate stage does not repeat it).
+    """
+    recipe_path, result = built
+    out = tmp_path / "second"
+    proc = subprocess.run([sys.executable, "-m", "edgecnn.cli", "build", str(recipe_path), "--out", str(out), "-q"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    for name in DETERMINISTIC:
+        assert sha256_file(out / name) == sha256_file(result.out_dir / name), name
+    first, second = (json.loads((d / "manifest.json").read_text())["artifacts"] for d in (result.out_dir, out))
+    assert first == second and set(first) >= {"teacher", "student", "tflite_int8", "tflite_float32", "evaluation"}
+    lines = (proc.stdout + proc.stderr).splitlines()
+    for model in ("student_int8.tflite", "student_float32.tflite"):
+        assert len([ln for ln in lines if model in ln and "%" in ln]) == 1, proc.stdout + proc.stderr
+    assert len([ln for ln in lines if ln.startswith("report:")]) == 1, proc.stdout + proc.stderr
+
+
 def test_int8_model_has_int8_weights_and_requested_io(built):
     from edgecnn.export.inspect_tflite import inspect_tflite
 
@@ -139,11 +175,19 @@ def test_unchanged_rebuild_reuses_every_stage(built):
 
 
 def test_quantize_only_change_reruns_only_quantize_and_evaluate(built):
+    """Through the CLI, which prints the result table once even when evaluate re-runs."""
     recipe_path, result = built
-    changed = build(recipe_path, out_dir=result.out_dir, overrides=("quantize.io_dtype=int8",),
-                    progress=Progress(quiet=True))
-    assert changed.ran == ["quantize", "evaluate"]
-    assert changed.cached == ["data", "teacher", "student", "export"]
+    proc = subprocess.run([sys.executable, "-m", "edgecnn.cli", "build", str(recipe_path), "--out",
+                           str(result.out_dir), "--set", "quantize.io_dtype=int8"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    stages = json.loads(result.report_path.read_text())["stages"]
+    assert [s["stage"] for s in stages if not s["cached"]] == ["quantize", "evaluate"]
+    assert [s["stage"] for s in stages if s["cached"]] == ["data", "teacher", "student", "export"]
+    output = (proc.stdout + proc.stderr).splitlines()
+    for model in ("student_int8.tflite", "student_float32.tflite"):
+        assert len([ln for ln in output if model in ln and "%" in ln]) == 1, proc.stdout + proc.stderr
+    assert len([ln for ln in output if ln.startswith("report:")]) == 1, proc.stdout + proc.stderr
     from edgecnn.export.inspect_tflite import inspect_tflite
 
     assert inspect_tflite(result.out_dir / "student_int8.tflite").inputs[0].dtype == "INT8"
@@ -179,6 +223,22 @@ def test_stale_record_after_tampering_forces_rerun(built):
     int8.write_bytes(bytes(data))
     rebuilt = build(recipe_path, out_dir=result.out_dir, progress=Progress(quiet=True))
     assert rebuilt.ran == ["quantize", "evaluate"]
+
+
+def test_unchanged_quantize_does_not_rerun_evaluate_or_bundle(built):
+    """Re-quantizing gives the same bytes (no date in the metadata's zip), so every later
+    stage, keyed by the int8 file's content, stays cached."""
+    recipe_path, result = built
+    bundled = ("export.bundle=true",)
+    first = build(recipe_path, out_dir=result.out_dir, overrides=bundled, progress=Progress(quiet=True))
+    assert "bundle" in first.ran + first.cached
+    int8 = result.out_dir / "student_int8.tflite"
+    before = sha256_file(int8)
+    (result.out_dir / "stages" / "quantize.json").unlink()
+    again = build(recipe_path, out_dir=result.out_dir, overrides=bundled, progress=Progress(quiet=True))
+    assert again.ran == ["quantize"], again.ran
+    assert "evaluate" in again.cached and "bundle" in again.cached
+    assert sha256_file(int8) == before
 
 
 def test_teacher_file_that_is_not_a_keras_model(tmp_path):

@@ -109,3 +109,15 @@ def test_missing_dataset_is_one_line_exit_3(tmp_path):
     assert proc.returncode == 3 and "Traceback" not in proc.stderr, proc.stderr
     assert len(errors) == 1 and "my_images" in errors[0]
     assert not list(out.glob("*.tflite")) and not list(out.glob("*.keras")) and not (out / "report.json").exists()
+
+
+def test_build_out_under_a_file_is_one_line_exit_7(tmp_path):
+    target = tmp_path / "notes.txt"
+    target.write_text("mine")
+    assert_one_line_error(run("build", "recipes/quickstart.yaml", "--out", str(target / "run")), 7, "notes.txt")
+    assert target.read_text() == "mine"
+
+
+def test_build_help_documents_the_lock():
+    proc = run("build", "--help")
+    assert proc.returncode == 0 and "--wait / --no-wait" in proc.stdout and "exit 8" in proc.stdout

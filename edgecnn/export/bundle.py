@@ -36,7 +36,6 @@ import math
 import os
 import platform
 import shutil
-import time
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -167,7 +166,6 @@ def write_bundle(run_dir: str | os.PathLike, out_dir: str | os.PathLike, model: 
             "recipe": recipe.name,
             "recipe_hash": recipe.recipe_hash,
             "edgecnn": __version__,
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "input": {"shape": info["input_shape"], "color": "RGB" if info["input_shape"][-1] == 3 else "GRAYSCALE",
                       "pixel_range": [0, 255]},
             "normalization": norm.to_dict(),
@@ -183,7 +181,7 @@ def write_bundle(run_dir: str | os.PathLike, out_dir: str | os.PathLike, model: 
         (tmp / README_FILE).write_text(_readme(metadata), encoding="utf-8")
         files = {p.name: {"sha256": sha256_file(p), "size_bytes": p.stat().st_size}
                  for p in sorted(tmp.iterdir()) if p.is_file() and p.name != OWNER_MARKER}
-        manifest = {"schema": BUNDLE_SCHEMA, "created_at": metadata["created_at"], "recipe_hash": recipe.recipe_hash,
+        manifest = {"schema": BUNDLE_SCHEMA, "recipe_hash": recipe.recipe_hash,
                     "models": [{"file": m["file"], "golden": m["golden"], "precision": m["precision"],
                                 "golden_runtime": m["golden_runtime"]} for m in models],
                     "files": files}
@@ -295,7 +293,7 @@ def _readme(meta: dict) -> str:
     made_by = "; ".join(f"`{x['golden']}`: {_runtime_text(x['golden_runtime'])}" for x in meta["models"])
     return f"""# edgecnn deploy bundle: {meta['recipe']}
 
-Recipe hash `{meta['recipe_hash'][:12]}`, built with edgecnn {meta['edgecnn']} on {meta['created_at']}.
+Recipe hash `{meta['recipe_hash'][:12]}`, built with edgecnn {meta['edgecnn']}.
 Host test accuracy: {accuracy or '-'} ({meta['accuracy']['test_images']} test images).
 
 Input: {meta['input']['shape']} {meta['input']['color']}, `x = (pixel - {norm['mean']}) / {norm['std']}` on 0..255

@@ -37,6 +37,8 @@ from edgecnn.errors import ModelFileError
 __all__ = ["LABELS_FILE", "METADATA_NAME", "copy_metadata", "has_metadata", "read_metadata", "write_metadata"]
 
 METADATA_NAME = "TFLITE_METADATA"
+# The earliest date a zip entry can carry (what reproducible-build tools use).
+ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)
 METADATA_IDENTIFIER = b"M001"
 MODEL_IDENTIFIER = b"TFL3"
 LABELS_FILE = "labels.txt"
@@ -307,8 +309,15 @@ def _attach(data: bytes, metadata: bytes, files: dict[str, bytes], label: str) -
     if files:
         packed.seek(0, io.SEEK_END)
         with zipfile.ZipFile(packed, "a") as zf:
-            for fname, content in files.items():
-                zf.writestr(fname, content)
+            for fname, content in sorted(files.items()):
+                # A fixed date and mode instead of "now": the same model and labels give
+                # the same bytes, so the file's sha256 (the cache key of every later stage
+                # and the manifests) only changes when its content does.
+                info = zipfile.ZipInfo(fname, date_time=ZIP_DATE_TIME)
+                info.create_system = 3  # "Unix" on every OS, so Windows builds match too
+                info.external_attr = 0o644 << 16
+                info.compress_type = zipfile.ZIP_STORED
+                zf.writestr(info, content)
     return packed.getvalue()
 
 
