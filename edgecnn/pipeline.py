@@ -5,13 +5,22 @@ writes its files atomically into the run directory. The pipeline owns everything
 which stages run, in what order, whether a cached result can be re-used, and the record
 of what was produced.
 
+Stages meet through typed artifacts (:mod:`edgecnn.artifacts`), never through each
+other's names: each :class:`Stage` declares the roles it ``consumes`` and ``produces``
+(``model.keras.*``, ``model.tflite.int8``), and reads what it needs from the build's
+:class:`~edgecnn.artifacts.ArtifactStore` by kind or role (export converts
+``latest(kind="keras")``). :data:`STAGES` is the one place that lists the stages in
+order: a new step between ``student`` and ``export`` is its module plus one row there
+(or :func:`insert_stage` on a copy of the table, as the tests do).
+
 Caching: a stage's key is the sha256 of its name, the edgecnn version, the recipe
-sections it reads, the sha256 of every upstream artifact it consumes (content, not
-upstream keys, so a re-trained teacher invalidates the student even under the same
+sections it reads, the sha256 of every upstream artifact whose role matches its
+``consumes`` patterns (content, not upstream keys, so a re-trained teacher invalidates the student even under the same
 recipe) and the sha256 of every file outside the run directory it reads
 (``teacher.path``, local weights files, an image folder's images, a benchmark binary: a
 teacher re-trained and saved at the same path is a new teacher). ``stages/<name>.json``
-records the key and the sha256 of each output; a stage is re-used only when the key
+records the key and each output's role, kind, precision, runtime and sha256 (so a cached
+stage restores typed artifacts); a stage is re-used only when the key
 matches and every output still hashes to its record. The record is written last, so a
 build killed mid-stage leaves a stale record that no longer matches, never a file that
 passes for valid; a record that is not one at all (hand-edited, wrong shape) is a cache
@@ -38,10 +47,11 @@ import os
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Callable, Iterator
 
 from edgecnn import stages as _stages
+from edgecnn.artifacts import Artifact, ArtifactStore, role_matches
 from edgecnn.stages import StageResult
 from edgecnn.errors import DataError, EdgecnnError, ModelFileError
 from edgecnn.fileio import claim_output_dir, clean_stale_temporaries, path_size, sha256_file, write_json_atomic
@@ -119,7 +129,11 @@ class Stage:
     Attributes:
         name: stage name (also its record file name).
         sections: recipe sections whose values go into the cache key.
-        consumes: upstream artifact names whose content goes into the cache key.
+        consumes: role patterns (``fnmatch``, e.g. ``model.keras.*``) of the upstream
+            artifacts the stage may read; the content of every matching artifact goes
+            into the cache key.
+        produces: role patterns of the artifacts the stage writes; a stage that returns
+            an artifact outside them is a programming error.
         run: the transformation.
         enabled: whether the recipe asks for this stage.
         describe: one line for ``edgecnn validate``.
@@ -130,6 +144,7 @@ class Stage:
     name: str
     sections: tuple[str, ...]
     consumes: tuple[str, ...]
+    produces: tuple[str, ...]
     run: Callable[[Recipe, "BuildContext"], StageResult]
     enabled: Callable[[Recipe], bool]
     describe: Callable[[Recipe], str]
@@ -140,45 +155,75 @@ def _teacher_needed(r: Recipe) -> bool:
     return r.distill.enabled
 
 
+# The stage table: the one place that lists the stages, in order. Stages find what they
+# read by role and kind, so a new row between student and export (a pruning or QAT step
+# producing model.keras.<step>) needs no edit to any other stage.
 STAGES: tuple[Stage, ...] = (
-    Stage("data", ("data", "seed"), (), _stages.run_data, lambda r: True,
+    Stage("data", ("data", "seed"), (), ("dataset",), _stages.run_data, lambda r: True,
           lambda r: f"{r.data.source} at {r.data.image_size}x{r.data.image_size}x{r.data.channels}"
                     f"{f', train_limit {r.data.train_limit}' if r.data.train_limit else ''}", _data_inputs),
-    Stage("teacher", ("teacher", "seed"), ("dataset",), _stages.run_teacher, _teacher_needed,
+    Stage("teacher", ("teacher", "seed"), ("dataset",), ("model.keras.teacher",), _stages.run_teacher,
+          _teacher_needed,
           lambda r: f"load {r.teacher.path}" if r.teacher.path else
                     f"train {r.teacher.architecture} for {r.teacher.train.epochs} epochs", _teacher_inputs),
-    Stage("student", ("student", "distill", "seed"), ("dataset", "teacher"), _stages.run_student, lambda r: True,
+    Stage("student", ("student", "distill", "seed"), ("dataset", "model.keras.teacher"), ("model.keras.student",),
+          _stages.run_student, lambda r: True,
           lambda r: f"{r.student.architecture} alpha {r.student.alpha:g}"
                     + (f" (output stride {r.student.output_stride})" if r.student.output_stride != 32 else "") + ", "
                     + (f"distilled at T={r.distill.temperature:g}, alpha={r.distill.alpha:g}" if r.distill.enabled else "hard labels only")
                     + f", {r.distill.train.epochs} epochs",
           lambda r: _weights_file("student.weights", r.student.weights)),
-    Stage("export", ("export",), ("dataset", "student"), _stages.run_export, lambda r: bool(r.export.formats),
-          lambda r: "TFLite " + ", ".join(r.export.formats)),
-    Stage("quantize", ("quantize", "seed"), ("dataset", "student"), _stages.run_quantize, lambda r: r.quantize.int8,
+    Stage("export", ("export",), ("dataset", "model.keras.*"), ("model.tflite.float32", "model.tflite.float16"),
+          _stages.run_export, lambda r: bool(r.export.formats),
+          lambda r: "TFLite " + ", ".join(r.export.formats) + " of the latest Keras model"),
+    Stage("quantize", ("quantize", "seed"), ("dataset", "model.keras.*"), ("model.tflite.int8",), _stages.run_quantize,
+          lambda r: r.quantize.int8,
           lambda r: f"post-training int8, {r.quantize.io_dtype} I/O, "
                     f"{r.quantize.calibration_samples or r.data.representative_samples} calibration images"),
-    Stage("evaluate", ("evaluate",), ("dataset", "tflite"), _stages.run_evaluate, lambda r: True,
-          lambda r: "test-split accuracy of every .tflite on ai-edge-litert"),
-    Stage("bundle", ("export",), ("dataset", "tflite", "evaluation"), _stages.run_bundle, lambda r: r.export.bundle,
+    Stage("evaluate", ("evaluate",), ("dataset", "model.tflite.*"), ("report.evaluation",), _stages.run_evaluate,
+          lambda r: True, lambda r: "test-split accuracy of every .tflite on ai-edge-litert"),
+    Stage("bundle", ("export",), ("dataset", "model.tflite.*", "report.evaluation"), ("bundle",), _stages.run_bundle,
+          lambda r: r.export.bundle,
           lambda r: "deploy bundle in bundle/: models, labels, golden samples, device runner"),
     # Cached like the others (config + model and data content); re-measure by changing
     # the bench section or deleting stages/bench.json.
-    Stage("bench", ("bench",), ("dataset", "tflite"), _stages.run_bench, lambda r: bool(r.bench),
+    Stage("bench", ("bench",), ("dataset", "model.tflite.*"), ("bench_samples.*",), _stages.run_bench,
+          lambda r: bool(r.bench),
           lambda r: "every .tflite on " + ", ".join(t.target for t in r.bench) + ", device-side accuracy",
           _bench_inputs),
 )
 
 
-def planned_stages(recipe: Recipe) -> list[Stage]:
-    """The stages this recipe will run, in order (``edgecnn validate`` prints them)."""
-    return [s for s in STAGES if s.enabled(recipe)]
+def insert_stage(stage: Stage, *, after: str, stages: tuple[Stage, ...] = STAGES) -> tuple[Stage, ...]:
+    """A new stage table: ``stages`` with ``stage`` right after the stage named ``after``.
+
+    The table passed in is not changed (pass the result to :func:`build` as ``stages``).
+
+    Raises:
+        ValueError: no stage is named ``after``, or one is already named like ``stage``.
+    """
+    names = [s.name for s in stages]
+    if stage.name in names:
+        raise ValueError(f"the stage table already has a stage named '{stage.name}'")
+    if after not in names:
+        raise ValueError(f"no stage named '{after}' in the stage table ({', '.join(names)})")
+    i = names.index(after) + 1
+    return (*stages[:i], stage, *stages[i:])
+
+
+def planned_stages(recipe: Recipe, stages: tuple[Stage, ...] = STAGES) -> list[Stage]:
+    """The stages of ``stages`` this recipe will run, in order (``edgecnn validate`` prints them)."""
+    return [s for s in stages if s.enabled(recipe)]
 
 
 class BuildContext:
     """What stages share: the run directory, produced artifacts, progress and lazy data.
 
     Attributes:
+        artifacts: the typed artifacts produced so far, in chain order (query it with
+            ``latest(kind=...)``, ``all(kind=...)``, ``one(role)``).
+        metrics: per stage name, the metrics it returned (numbers for the report; stages
+            find each other's files through ``artifacts``, never here).
         inputs: per stage, the sha256 of each input file set it read (recipe key -> digest).
     """
 
@@ -186,7 +231,7 @@ class BuildContext:
         self.recipe = recipe
         self.out_dir = out_dir
         self.progress = progress
-        self.artifacts: dict[str, Path] = {}
+        self.artifacts = ArtifactStore()
         self.metrics: dict[str, dict] = {}
         self.inputs: dict[str, dict[str, str]] = {}
 
@@ -200,9 +245,9 @@ class BuildContext:
     def path(self, name: str) -> Path:
         return self.out_dir / name
 
-    def artifacts_for(self, names: tuple[str, ...]) -> dict[str, Path]:
-        """Upstream artifacts whose names equal or start with one of ``names``."""
-        return {k: v for k, v in sorted(self.artifacts.items()) if any(k == n or k.startswith(n + "_") for n in names)}
+    def metrics_of(self, artifact: Artifact) -> dict:
+        """The metrics of the stage that produced ``artifact`` (its accuracy, params ...)."""
+        return self.metrics.get(self.artifacts.producer(artifact.role), {})
 
 
 # Files changed this recently are hashed but not remembered: a write in the same clock
@@ -268,11 +313,10 @@ class _ContentHashes:
             self.dirty = False
 
 
-def _stage_key(stage: Stage, recipe: Recipe, ctx: BuildContext, hashes: dict[str, str],
-               content: _ContentHashes) -> str:
+def _stage_key(stage: Stage, recipe: Recipe, ctx: BuildContext, content: _ContentHashes) -> str:
     from edgecnn import __version__
 
-    upstream = {name: hashes[name] for name in ctx.artifacts_for(stage.consumes)}
+    upstream = {a.role: a.sha256 for a in ctx.artifacts.matching(stage.consumes)}
     payload = {
         "stage": stage.name,
         "edgecnn": __version__,
@@ -291,8 +335,14 @@ def _stage_key(stage: Stage, recipe: Recipe, ctx: BuildContext, hashes: dict[str
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def _record_problem(record: object) -> str | None:
-    """Why ``record`` is not a stage record as :func:`_run_stages` writes it (None if it is)."""
+def _record_problem(record: object, produces: tuple[str, ...] = ("*",)) -> str | None:
+    """Why ``record`` is not a stage record as :func:`_run_stages` writes it (None if it is).
+
+    ``produces`` are the stage's role patterns: a record claiming another role (say, the
+    student's) is not this stage's.
+
+    ``"legacy"`` is a record of an edgecnn that kept no artifact roles: a plain cache miss.
+    """
     if not isinstance(record, dict):
         return f"holds a JSON {type(record).__name__}, not a stage record"
     if not isinstance(record.get("key"), str):
@@ -300,18 +350,21 @@ def _record_problem(record: object) -> str | None:
     artifacts = record.get("artifacts")
     if not isinstance(artifacts, dict):
         return "its 'artifacts' is not a mapping"
+    legacy = False
     for name, item in artifacts.items():
-        if not isinstance(item, dict) or not isinstance(item.get("path"), str) or not isinstance(item.get("sha256"), str):
-            return f"its artifact '{name}' has no path and sha256"
-        rel = PurePosixPath(item["path"])
-        if rel.is_absolute() or not rel.parts or ".." in rel.parts:
-            return f"its artifact '{name}' points outside the run directory"
+        problem = Artifact.record_problem(name, item)
+        if problem == "legacy":
+            legacy = True
+        elif problem is not None:
+            return problem
+        elif not role_matches(item["role"], produces):
+            return f"its artifact '{name}' has role '{item['role']}', which this stage does not produce"
     if not isinstance(record.get("metrics", {}), dict):
         return "its 'metrics' is not a mapping"
     wall = record.get("wall_s", 0.0)
     if isinstance(wall, bool) or not isinstance(wall, (int, float)):
         return "its 'wall_s' is not a number"
-    return None
+    return "legacy" if legacy else None
 
 
 def _load_record(out_dir: Path, stage: Stage, key: str, progress: Progress | None = None) -> dict | None:
@@ -325,11 +378,13 @@ def _load_record(out_dir: Path, stage: Stage, key: str, progress: Progress | Non
         return None
     try:
         record = json.loads(record_path.read_text())
-        problem = _record_problem(record)
+        problem = _record_problem(record, stage.produces)
     except ValueError as exc:
         problem = f"is not valid JSON ({type(exc).__name__})"
     except OSError as exc:
         problem = f"cannot be read ({exc.strerror or exc})"
+    if problem == "legacy":
+        return None  # its key could not match anyway (keys hash roles now): rebuilt, no warning
     if problem is not None:
         if progress is not None:
             progress.line(f"    warning: {STAGE_DIR}/{stage.name}.json {problem}; rebuilding the stage")
@@ -360,7 +415,7 @@ class BuildResult:
 
 
 def build(recipe: Recipe | str | Path, out_dir: str | Path | None = None, overrides: tuple[str, ...] = (),
-          progress: Progress | None = None, wait: bool = False) -> BuildResult:
+          progress: Progress | None = None, wait: bool = False, stages: tuple[Stage, ...] = STAGES) -> BuildResult:
     """Run every planned stage of ``recipe``, re-using cached ones, then write the report.
 
     Args:
@@ -371,6 +426,8 @@ def build(recipe: Recipe | str | Path, out_dir: str | Path | None = None, overri
         progress: progress printer (default: a non-quiet one on stderr).
         wait: when another build holds the run directory, wait for it to finish (then
             re-use what it cached) instead of failing at once.
+        stages: the stage table (default :data:`STAGES`; :func:`insert_stage` makes
+            another one).
 
     Returns:
         A :class:`BuildResult`.
@@ -390,7 +447,7 @@ def build(recipe: Recipe | str | Path, out_dir: str | Path | None = None, overri
         clean_stale_temporaries(out)
         progress.attach_log(out / "logs" / "build.log")
         try:
-            return _run_stages(recipe, out, progress)
+            return _run_stages(recipe, out, progress, stages)
         finally:
             progress.close()
 
@@ -442,14 +499,24 @@ def _inherited_augmentations(recipe: Recipe) -> list[dict]:
     return rows
 
 
-def _run_stages(recipe: Recipe, out: Path, progress: Progress) -> BuildResult:
+def _checked_outputs(stage: Stage, result: StageResult) -> list[Artifact]:
+    """The stage's artifacts, each a typed Artifact within its declared ``produces``."""
+    for artifact in result.artifacts:
+        if not isinstance(artifact, Artifact):
+            raise TypeError(f"stage '{stage.name}' returned {artifact!r}, not an Artifact")
+        if not role_matches(artifact.role, stage.produces):
+            raise ValueError(f"stage '{stage.name}' produced role '{artifact.role}', which its produces "
+                             f"{stage.produces} does not declare")
+    return list(result.artifacts)
+
+
+def _run_stages(recipe: Recipe, out: Path, progress: Progress, stages: tuple[Stage, ...] = STAGES) -> BuildResult:
     from edgecnn import recipe as recipe_module
     from edgecnn.report import write_reports
 
     ctx = BuildContext(recipe, out, progress)
-    hashes: dict[str, str] = {}
     content = _ContentHashes.load(out / STAGE_DIR / INPUT_HASHES_FILE)
-    plan = planned_stages(recipe)
+    plan = planned_stages(recipe, stages)
     timings: list[dict] = []
     ran, cached = [], []
     progress.line(f"edgecnn build '{recipe.name}' -> {out}")
@@ -460,7 +527,7 @@ def _run_stages(recipe: Recipe, out: Path, progress: Progress) -> BuildResult:
         progress.line(f"    augmentation inherited through extends: {row['key']} = {json.dumps(row['value'])} "
                       f"(from {row['from']})")
     for index, stage in enumerate(plan, start=1):
-        key = _stage_key(stage, recipe, ctx, hashes, content)
+        key = _stage_key(stage, recipe, ctx, content)
         content.save()
         with progress.stage(index, len(plan), stage.name, stage.describe(recipe)) as info:
             start = time.monotonic()
@@ -468,9 +535,8 @@ def _run_stages(recipe: Recipe, out: Path, progress: Progress) -> BuildResult:
             if record is not None:
                 info["cached"] = True
                 cached.append(stage.name)
-                for name, item in record["artifacts"].items():
-                    ctx.artifacts[name] = out / item["path"]
-                    hashes[name] = item["sha256"]
+                for item in record["artifacts"].values():
+                    ctx.artifacts.add(Artifact.from_record(item, out), stage.name)
                 metrics = record.get("metrics", {})
                 wall = record.get("wall_s", 0.0)
             else:
@@ -478,11 +544,10 @@ def _run_stages(recipe: Recipe, out: Path, progress: Progress) -> BuildResult:
                 wall = time.monotonic() - start
                 metrics = result.metrics
                 produced = {}
-                for name, path in result.artifacts.items():
-                    digest = sha256_file(path)
-                    ctx.artifacts[name] = path
-                    hashes[name] = digest
-                    produced[name] = {"path": str(path.relative_to(out)), "sha256": digest, "size_bytes": path_size(path)}
+                for artifact in _checked_outputs(stage, result):
+                    artifact = artifact.hashed(sha256_file(artifact.path))
+                    ctx.artifacts.add(artifact, stage.name)
+                    produced[artifact.name] = artifact.to_record(out, path_size(artifact.path))
                 write_json_atomic(out / STAGE_DIR / f"{stage.name}.json", {
                     "stage": stage.name, "key": key, "artifacts": produced, "metrics": metrics,
                     "wall_s": round(wall, 3), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -493,7 +558,7 @@ def _run_stages(recipe: Recipe, out: Path, progress: Progress) -> BuildResult:
                             "compute_wall_s": round(wall, 3)})
             if "accuracy" in metrics:
                 info["note"] = f"test accuracy {metrics['accuracy'] * 100:.2f}%"
-    report_paths = write_reports(recipe, ctx, hashes, timings, inherited_augmentations=inherited)
+    report_paths = write_reports(recipe, ctx, timings, inherited_augmentations=inherited)
     # No summary here: the result (models, accuracies, report path) is the caller's to
     # print once -- the CLI prints it as a table -- not a second copy in the progress.
     progress.line(f"build '{recipe.name}' finished in {progress.elapsed():.1f}s")
@@ -501,5 +566,5 @@ def _run_stages(recipe: Recipe, out: Path, progress: Progress) -> BuildResult:
                        report_paths["data"], ran, cached)
 
 
-__all__ = ["BuildResult", "EdgecnnError", "InputFiles", "RunDirectoryBusyError", "STAGES", "Stage", "StageResult", "build",
-           "planned_stages"]
+__all__ = ["Artifact", "BuildResult", "EdgecnnError", "InputFiles", "RunDirectoryBusyError", "STAGES", "Stage",
+           "StageResult", "build", "insert_stage", "planned_stages"]

@@ -9,6 +9,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edgecnn.artifacts import MODEL_FILE_KINDS
 from edgecnn.fileio import path_size, sha256_file, write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:
@@ -39,31 +40,42 @@ def package_versions() -> dict[str, str | None]:
 
 
 def collect_models(ctx: "BuildContext") -> list[dict]:
-    """One row per produced model: path, precision, size, accuracy (as evaluated)."""
+    """One row per produced model, in chain order: Keras models (accuracy measured by the
+    stage that made them), then TFLite models (accuracy from ``evaluation.json``)."""
     rows = []
-    for name in ("teacher", "student"):
-        if name in ctx.artifacts:
-            path = ctx.artifacts[name]
-            rows.append({"name": name, "kind": "keras", "path": path.name, "precision": "float32",
-                         "size_bytes": path_size(path), "accuracy": ctx.metrics.get(name, {}).get("accuracy"),
-                         "params": ctx.metrics.get(name, {}).get("params"), "evaluated_with": "tf_keras"})
-    evaluation = ctx.metrics.get("evaluate", {})
-    for name, path in ctx.artifacts_for(("tflite",)).items():
-        result = evaluation.get("models", {}).get(name, {})
-        rows.append({"name": name, "kind": "tflite", "path": path.name, "precision": name.removeprefix("tflite_"),
-                     "size_bytes": path_size(path), "accuracy": result.get("accuracy"),
+    for artifact in ctx.artifacts.all(kind="keras"):
+        metrics = ctx.metrics_of(artifact)
+        rows.append({"name": artifact.name, "role": artifact.role, "kind": "keras", "path": artifact.path.name,
+                     "precision": artifact.precision or "float32", "size_bytes": path_size(artifact.path),
+                     "accuracy": metrics.get("accuracy"), "params": metrics.get("params"),
+                     "evaluated_with": "tf_keras"})
+    evaluation_artifact = ctx.artifacts.get("report.evaluation")
+    evaluation = _read_json(evaluation_artifact.path if evaluation_artifact else None)
+    for artifact in ctx.artifacts.all(kind=MODEL_FILE_KINDS):
+        result = evaluation.get("models", {}).get(artifact.name, {})
+        evaluated = result.get("status", "evaluated") == "evaluated" and result.get("accuracy") is not None
+        rows.append({"name": artifact.name, "role": artifact.role, "kind": artifact.kind, "path": artifact.path.name,
+                     "precision": artifact.precision, "runtime": artifact.runtime,
+                     "size_bytes": path_size(artifact.path), "accuracy": result.get("accuracy"),
                      "input_dtype": result.get("input_dtype"), "output_dtype": result.get("output_dtype"),
-                     "evaluated_with": f"{evaluation.get('runtime')} {evaluation.get('runtime_version')}"})
+                     "evaluated_with": f"{evaluation.get('runtime')} {evaluation.get('runtime_version')}"
+                     if evaluated else result.get("status", "not evaluated")})
     return rows
 
 
 def summarize(models: list[dict]) -> dict:
-    """Headline comparisons: int8 accuracy drop and size ratio against the float student."""
-    by_name = {m["name"]: m for m in models}
-    int8, f32, keras_student = by_name.get("tflite_int8"), by_name.get("tflite_float32"), by_name.get("student")
+    """Headline comparisons: int8 accuracy drop and size ratio against the float model.
+
+    The reference is the float32 TFLite file, else the latest Keras model (the one the
+    int8 file was converted from).
+    """
+    by_role = {m.get("role"): m for m in models}
+    int8, f32 = by_role.get("model.tflite.int8"), by_role.get("model.tflite.float32")
+    keras_models = [m for m in models if m["kind"] == "keras"]
+    latest_keras = keras_models[-1] if keras_models else None
     out: dict = {}
     if int8 and int8.get("accuracy") is not None:
-        reference = f32 if f32 and f32.get("accuracy") is not None else keras_student
+        reference = f32 if f32 and f32.get("accuracy") is not None else latest_keras
         if reference and reference.get("accuracy") is not None:
             out["int8_accuracy_drop_points"] = round((reference["accuracy"] - int8["accuracy"]) * 100, 3)
             out["int8_drop_reference"] = reference["name"]
@@ -72,31 +84,35 @@ def summarize(models: list[dict]) -> dict:
     return out
 
 
-def write_reports(recipe: "Recipe", ctx: "BuildContext", hashes: dict[str, str], timings: list[dict],
+def write_reports(recipe: "Recipe", ctx: "BuildContext", timings: list[dict],
                   inherited_augmentations: list[dict] | None = None) -> dict[str, Path]:
     """Write report.json, report.md and manifest.json atomically; return their paths and the report.
 
     Args:
         recipe: the build's recipe.
-        ctx: the finished build's context (artifacts, metrics).
-        hashes: artifact name -> sha256.
+        ctx: the finished build's context (typed artifacts with their sha256, metrics).
         timings: one row per stage (see :func:`edgecnn.pipeline.build`).
         inherited_augmentations: ``data.augment`` settings taken from an ``extends:``
             parent, as ``{"key", "value", "from"}`` rows (listed in the data section).
 
-    The manifest's ``artifacts`` are the stages' outputs, whose bytes depend only on
+    The manifest's ``artifacts`` are the stages' outputs (by short name: role, kind,
+    precision, runtime, path, sha256, size), whose bytes depend only on
     their inputs (two builds of one recipe on one machine list the same sha256s); the
     reports, which carry this build's date and timings, are listed apart under
     ``reports``.
     """
     out = ctx.out_dir
     models = collect_models(ctx)
-    dataset_info = _read_json(ctx.artifacts.get("dataset"))
+    dataset_artifact = ctx.artifacts.get("dataset")
+    dataset_info = _read_json(dataset_artifact.path if dataset_artifact else None)
+    # Splits and class count come from dataset.json, the data stage's artifact.
+    data_summary = {"splits": dataset_info["splits"], "num_classes": len(dataset_info.get("class_names", []))} \
+        if "splits" in dataset_info else {}
     report = {
         "recipe": recipe.name,
         "recipe_hash": recipe.recipe_hash,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "dataset": {**ctx.metrics.get("data", {}), "augment": recipe.to_dict()["data"].get("augment"),
+        "dataset": {**data_summary, "augment": recipe.to_dict()["data"].get("augment"),
                     "inherited_augmentations": list(inherited_augmentations or [])},
         # What the device side needs to feed the model the way it was trained.
         "preprocessing": {k: dataset_info.get(k) for k in ("input_shape", "normalization", "class_names")},
@@ -112,8 +128,7 @@ def write_reports(recipe: "Recipe", ctx: "BuildContext", hashes: dict[str, str],
     report["plots"] = [p.name for p in plots]
     report_path = write_json_atomic(out / REPORT_FILE, report)
     md_path = write_text_atomic(out / REPORT_MD_FILE, render_markdown(report))
-    artifacts = {name: {"path": str(path.relative_to(out)), "sha256": hashes[name], "size_bytes": path_size(path)}
-                 for name, path in sorted(ctx.artifacts.items())}
+    artifacts = {a.name: a.to_record(out, path_size(a.path)) for a in sorted(ctx.artifacts, key=lambda a: a.name)}
     reports = {path.stem: {"path": path.name, "sha256": sha256_file(path), "size_bytes": path_size(path)}
                for path in (report_path, md_path, *plots)}
     manifest = {
@@ -136,7 +151,7 @@ def _write_plots(ctx: "BuildContext", models: list[dict]) -> list[Path]:
     from edgecnn.plots import accuracy_size_chart, training_curves_chart
 
     written = [write_text_atomic(ctx.out_dir / ACCURACY_PLOT_FILE, accuracy_size_chart(models))]
-    curves = {name: ctx.metrics.get(name, {}).get("val_accuracy_per_epoch") for name in ("teacher", "student")}
+    curves = {a.name: ctx.metrics_of(a).get("val_accuracy_per_epoch") for a in ctx.artifacts.all(kind="keras")}
     if any(curves.values()):
         written.append(write_text_atomic(ctx.out_dir / CURVES_PLOT_FILE, training_curves_chart(curves)))
     return written

@@ -1,8 +1,11 @@
 """The build stages, each a function ``(recipe, ctx) -> StageResult``.
 
-A stage reads upstream artifacts from ``ctx.artifacts``, writes its own files atomically
-into the run directory and returns their paths with its metrics. Ordering, caching and
-timing belong to :mod:`edgecnn.pipeline`, not here.
+A stage reads upstream artifacts from ``ctx.artifacts`` (an
+:class:`~edgecnn.artifacts.ArtifactStore`) by role or kind, never by another stage's
+name: export and quantize convert ``latest(kind="keras")``, evaluate, bundle and bench
+take every TFLite model. It writes its own files atomically into the run directory and
+returns them as typed :class:`~edgecnn.artifacts.Artifact` values with its metrics.
+Ordering, caching and timing belong to :mod:`edgecnn.pipeline`, not here.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edgecnn.artifacts import MODEL_FILE_KINDS, Artifact
 from edgecnn.errors import ModelFileError
 from edgecnn.fileio import atomic_path, write_json_atomic
 
@@ -27,20 +31,26 @@ BUNDLE_DIR = "bundle"
 
 @dataclass
 class StageResult:
-    """What a stage produced: files (artifact name -> path in the run dir) and metrics."""
+    """What a stage produced: typed artifacts (sha256 left to the pipeline) and metrics."""
 
-    artifacts: dict[str, Path] = field(default_factory=dict)
+    artifacts: list[Artifact] = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
 
 
+def keras_artifact(role: str, path: Path) -> Artifact:
+    """A float32 ``.keras`` model artifact (``model.keras.<step>``)."""
+    return Artifact(role, "keras", path, precision="float32")
+
+
 # --------------------------------------------------------------------------- helpers
+# (save_keras, load_model and keras_artifact are public: a stage of its own module uses them)
 
 
 def _input_shape(recipe: "Recipe") -> tuple[int, int, int]:
     return (recipe.data.image_size, recipe.data.image_size, recipe.data.channels)
 
 
-def _save_keras(model, path: Path) -> Path:
+def save_keras(model, path: Path) -> Path:
     """``model.save`` to a ``.keras`` file whose bytes depend only on the model.
 
     Keras stamps the archive with the save time (``metadata.json``'s ``date_saved`` and
@@ -113,7 +123,8 @@ def _final(history: dict, name: str) -> float | None:
     return round(float(values[-1]), 5) if values else None
 
 
-def _load_model(path, what: str | None = None):
+def load_model(path, what: str | None = None):
+    """Load a ``.keras`` model artifact (or ``teacher.path``); ``what`` names it in errors."""
     from edgecnn.models.teachers import load_keras_model
 
     return load_keras_model(path, what=what or Path(path).name)
@@ -126,7 +137,7 @@ def _add_metadata(path: Path, recipe: "Recipe", ctx: "BuildContext") -> Path:
     from edgecnn import __version__
     from edgecnn.export.metadata import write_metadata
 
-    info = json.loads(Path(ctx.artifacts["dataset"]).read_text())
+    info = json.loads(ctx.artifacts.one("dataset").path.read_text())
     classes = info["class_names"]
     write_metadata(path, classes, info["normalization"],
                    input_color="RGB" if recipe.data.channels == 3 else "GRAYSCALE", name=recipe.name,
@@ -170,7 +181,7 @@ def run_data(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
                       f"{len(ds.class_names)} classes")
     for note in ds.notes:
         ctx.progress.line(f"    note: {note}")
-    return StageResult({"dataset": path}, {"splits": counts, "num_classes": len(ds.class_names)})
+    return StageResult([Artifact("dataset", "json", path)], {"splits": counts, "num_classes": len(ds.class_names)})
 
 
 def _check_teacher_fits(model, recipe: "Recipe", num_classes: int, path) -> None:
@@ -194,7 +205,7 @@ def run_teacher(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
     cfg = recipe.teacher
     metrics: dict = {}
     if cfg.path is not None:
-        model = _load_model(cfg.path, "teacher.path")
+        model = load_model(cfg.path, "teacher.path")
         _check_teacher_fits(model, recipe, len(ds.class_names), cfg.path)
         metrics["source"] = str(cfg.path)
     else:
@@ -207,7 +218,7 @@ def run_teacher(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
                        val_accuracy_per_epoch=_rounded(history.get("val_accuracy")))
     metrics["params"] = int(model.count_params())
     metrics["accuracy"] = round(evaluate_classifier(model, _eval_dataset(ctx, ds.x_test, ds.y_test)), 5)
-    return StageResult({"teacher": _save_keras(model, ctx.path(TEACHER_FILE))}, metrics)
+    return StageResult([keras_artifact("model.keras.teacher", save_keras(model, ctx.path(TEACHER_FILE)))], metrics)
 
 
 def run_student(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
@@ -221,7 +232,7 @@ def run_student(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
     student = create_student(recipe.student.architecture, _input_shape(recipe), len(ds.class_names), recipe.student)
     train_cfg = recipe.distill.train
     if recipe.distill.enabled:
-        teacher = _load_model(ctx.artifacts["teacher"])
+        teacher = load_model(ctx.artifacts.one("model.keras.teacher").path)
         soft = None
         if recipe.distill.teacher_outputs == "cached":
             ctx.progress.line("    computing teacher logits once (distill.teacher_outputs: cached)")
@@ -239,76 +250,110 @@ def run_student(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
         "val_accuracy_per_epoch": _rounded(history.get("val_accuracy")),
         "accuracy": round(evaluate_classifier(student, _eval_dataset(ctx, ds.x_test, ds.y_test)), 5),
     }
-    return StageResult({"student": _save_keras(student, ctx.path(STUDENT_FILE))}, metrics)
+    return StageResult([keras_artifact("model.keras.student", save_keras(student, ctx.path(STUDENT_FILE)))], metrics)
+
+
+def _format_artifact(fmt, path: Path) -> Artifact:
+    return Artifact(fmt.role, fmt.kind, path, precision=fmt.precision, runtime=fmt.runtime)
+
+
+def _model_to_convert(ctx: "BuildContext"):
+    """The latest Keras model in the chain (the student, or what a later step made of it)."""
+    from edgecnn.export.tflite import inference_model
+
+    source = ctx.artifacts.latest(kind="keras")
+    ctx.progress.line(f"    converting {source.path.name} ({source.role})")
+    return inference_model(load_model(source.path)), source
 
 
 def run_export(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
-    """Convert the student to each float TFLite format in ``export.formats``, with TFLite metadata."""
+    """Convert the latest Keras model to each float TFLite format in ``export.formats``, with TFLite metadata."""
     from edgecnn.export.formats import get_format
-    from edgecnn.export.tflite import convert_float, inference_model
+    from edgecnn.export.tflite import convert_float
 
-    model = inference_model(_load_model(ctx.artifacts["student"]))
-    produced = {}
+    model, source = _model_to_convert(ctx)
+    produced = []
     for name in recipe.export.formats:
         fmt = get_format(name)
-        produced[f"tflite_{fmt.name}"] = _add_metadata(convert_float(model, fmt, ctx.path(fmt.filename)), recipe, ctx)
-    return StageResult(produced, {})
+        path = _add_metadata(convert_float(model, fmt, ctx.path(fmt.filename)), recipe, ctx)
+        produced.append(_format_artifact(fmt, path))
+    return StageResult(produced, {"source": source.role})
 
 
 def run_quantize(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
     """Full-integer post-training quantization, calibrated on un-augmented training images; with metadata."""
     from edgecnn.data import representative_images
     from edgecnn.export.formats import get_format
-    from edgecnn.export.tflite import convert_int8, inference_model
+    from edgecnn.export.tflite import convert_int8
 
     ds = ctx.dataset
     n = recipe.quantize.calibration_samples or recipe.data.representative_samples
     calibration = ds.normalization.apply(representative_images(ds, n, recipe.seed))
-    model = inference_model(_load_model(ctx.artifacts["student"]))
+    model, source = _model_to_convert(ctx)
     fmt = get_format("int8")
     path = convert_int8(model, calibration, recipe.quantize.io_dtype, ctx.path(fmt.filename))
     _add_metadata(path, recipe, ctx)
-    return StageResult({"tflite_int8": path}, {"calibration_samples": int(len(calibration)),
-                                                "io_dtype": recipe.quantize.io_dtype})
+    return StageResult([_format_artifact(fmt, path)], {"calibration_samples": int(len(calibration)),
+                                                       "io_dtype": recipe.quantize.io_dtype, "source": source.role})
+
+
+# Runtimes the evaluate stage runs on the host: the TFLite CPU interpreter. An Edge TPU
+# model needs the accelerator (measure it with a coral bench target), so it is listed as
+# not evaluable rather than run on kernels it was not compiled for.
+HOST_RUNTIMES = frozenset({"litert"})
+NOT_EVALUABLE = "not evaluable on this host"
 
 
 def run_evaluate(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
-    """Run every exported .tflite on the test split with the real TFLite runtime."""
+    """Run every TFLite model whose runtime the host has on the test split, with the real TFLite runtime.
+
+    A model for another runtime (an Edge TPU model) is listed with ``status`` "not
+    evaluable on this host" and no accuracy; the build goes on.
+    """
     from edgecnn.export.inspect_tflite import inspect_tflite
+    from edgecnn.fileio import path_size
     from edgecnn.runtime.interpreter import evaluate_tflite, runtime_name_version
 
     ds = ctx.dataset
     x_test = ds.normalization.apply(ds.x_test)
     runtime, version = runtime_name_version()
     results = {}
-    for name, path in ctx.artifacts_for(("tflite",)).items():
-        summary = inspect_tflite(path)
-        accuracy = evaluate_tflite(path, x_test, ds.y_test, num_threads=recipe.evaluate.threads)
-        results[name] = {
-            "path": path.name,
-            "accuracy": round(float(accuracy), 5),
-            "input_dtype": summary.inputs[0].dtype,
-            "output_dtype": summary.outputs[0].dtype,
-            "size_bytes": summary.file_size,
-        }
+    skipped = []
+    for artifact in ctx.artifacts.all(kind=MODEL_FILE_KINDS):
+        row = {"path": artifact.path.name, "role": artifact.role, "kind": artifact.kind,
+               "precision": artifact.precision, "runtime": artifact.runtime}
+        if artifact.runtime not in HOST_RUNTIMES:
+            row.update(status=NOT_EVALUABLE, accuracy=None, size_bytes=path_size(artifact.path),
+                       reason=f"needs the {artifact.runtime} runtime; the host evaluates on {runtime} (CPU)")
+            skipped.append(artifact.path.name)
+        else:
+            summary = inspect_tflite(artifact.path)
+            accuracy = evaluate_tflite(artifact.path, x_test, ds.y_test, num_threads=recipe.evaluate.threads)
+            row.update(status="evaluated", accuracy=round(float(accuracy), 5), input_dtype=summary.inputs[0].dtype,
+                       output_dtype=summary.outputs[0].dtype, size_bytes=summary.file_size)
+        results[artifact.name] = row
     # Names only: the accuracies are the build's result, printed once at its end (the CLI's
     # table) and kept in report.json, not repeated here.
-    evaluated = ", ".join(r["path"] for r in results.values()) or "no .tflite model"
+    evaluated = ", ".join(r["path"] for r in results.values() if r["status"] == "evaluated") or "no .tflite model"
     ctx.progress.line(f"    {evaluated} on {len(ds.y_test)} test images ({runtime} {version})")
+    if skipped:
+        ctx.progress.line(f"    {', '.join(skipped)}: {NOT_EVALUABLE}")
     evaluation = {"runtime": runtime, "runtime_version": version, "test_images": int(len(ds.y_test)),
                   "models": results}
     path = write_json_atomic(ctx.path(EVALUATION_FILE), evaluation)
-    return StageResult({"evaluation": path}, evaluation)
+    return StageResult([Artifact("report.evaluation", "json", path)], evaluation)
 
 
 def run_bundle(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
     """A deploy bundle of every produced model in ``bundle/`` (see edgecnn.export.bundle)."""
     from edgecnn.export.bundle import write_bundle
 
+    models = ctx.artifacts.all(kind="tflite")
     # The bundle folder is this stage's own output inside the run directory: replace it.
+    # (write_bundle picks the run directory's files of every precision by file name.)
     path = write_bundle(ctx.out_dir, ctx.path(BUNDLE_DIR), model="all", recipe=recipe, force=True)
     ctx.progress.line(f"    {path}: verify it with 'edgecnn verify {path}'")
-    return StageResult({"bundle": path}, {})
+    return StageResult([Artifact("bundle", "dir", path)], {"models": [m.role for m in models]})
 
 
 def run_bench(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
@@ -329,26 +374,31 @@ def run_bench(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
 
     from edgecnn.bench.harness import AdbOptions, SshOptions, run_benchmarks
     from edgecnn.bench.schema import append_result, failed_result, model_info
+    from edgecnn.bench.targets import parse_target
     from edgecnn.errors import EdgecnnError
 
     ds = ctx.dataset
-    models = sorted(ctx.artifacts_for(("tflite",)).items(), key=lambda item: (item[0] != "tflite_int8", item[0]))
-    produced: dict[str, Path] = {}
+    # int8 first (the model a device runs), then the float ones, each kind in chain order.
+    models = sorted(ctx.artifacts.all(kind=MODEL_FILE_KINDS), key=lambda a: (a.precision != "int8", a.name))
+    samples: dict[int, Path] = {}
     for n in sorted({t.samples for t in recipe.bench if t.samples}):
         count = min(n, len(ds.y_test))
         with atomic_path(ctx.path(f"bench_samples_{n}.npz")) as tmp:
             # (np.savez dates its zip entries 1980-01-01: the file's bytes depend on the data only)
             np.savez(tmp, x=ds.normalization.apply(ds.x_test[:count]).astype(np.float32),
                      y=np.asarray(ds.y_test[:count]))
-        produced[f"bench_samples_{n}"] = ctx.path(f"bench_samples_{n}.npz")
+        samples[n] = ctx.path(f"bench_samples_{n}.npz")
     results = []
     for cfg in recipe.bench:
         settings = dict(threads=cfg.threads, runs=cfg.runs, warmup=cfg.warmup, timeout_s=cfg.timeout_s,
-                        inputs_npz=produced.get(f"bench_samples_{cfg.samples}"),
+                        inputs_npz=samples.get(cfg.samples),
                         ssh=SshOptions(remote_python=cfg.remote_python, identity=cfg.identity,
                                        known_hosts=cfg.known_hosts),
                         adb=AdbOptions(benchmark_binary=cfg.benchmark_binary))
-        for name, path in models:
+        # An Edge TPU model runs only where an Edge TPU is (a coral target); CPU models run everywhere.
+        runtimes = {"litert", "edgetpu"} if parse_target(cfg.target).kind == "coral" else {"litert"}
+        for artifact in (a for a in models if a.runtime in runtimes):
+            path = artifact.path
             try:
                 result = run_benchmarks(path, [cfg.target], **settings)[0]
             except EdgecnnError as exc:  # bad options for this target: recorded, not fatal
@@ -358,6 +408,7 @@ def run_bench(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
             results.append(result)
             ctx.progress.line(f"    {cfg.target}: {path.name}: " + _bench_note(result))
     failed = sum(r["status"] != "ok" for r in results)
+    produced = [Artifact(f"bench_samples.{n}", "npz", path) for n, path in samples.items()]
     return StageResult(produced, {"results": results, "failed": failed, "results_file": "bench.jsonl"})
 
 
@@ -371,4 +422,5 @@ def _bench_note(result: dict) -> str:
     return note
 
 
-__all__ = ["StageResult", "run_bench", "run_bundle", "run_data", "run_evaluate", "run_export", "run_quantize", "run_student", "run_teacher"]
+__all__ = ["HOST_RUNTIMES", "NOT_EVALUABLE", "StageResult", "keras_artifact", "load_model", "run_bench", "run_bundle",
+           "run_data", "run_evaluate", "run_export", "run_quantize", "run_student", "run_teacher", "save_keras"]

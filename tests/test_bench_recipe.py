@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from helpers import toy_band_data
 
+from edgecnn.artifacts import Artifact
 from edgecnn.bench.schema import load_results
 from edgecnn.errors import RecipeError
 from edgecnn.pipeline import BuildContext, planned_stages
@@ -108,12 +109,14 @@ def test_bench_stage_records_every_target_and_survives_a_failed_one(tmp_path, be
     out.mkdir()
     ctx = BuildContext(recipe, out, Progress(quiet=True))
     ctx.__dict__["dataset"] = SimpleNamespace(x_test=pixels, y_test=y, normalization=normalization)
-    ctx.artifacts["tflite_int8"] = bench_models["int8"]
+    ctx.artifacts.add(Artifact("model.tflite.int8", "tflite", bench_models["int8"], "0" * 64, "int8", "litert"),
+                      "quantize")
 
     result = run_bench(recipe, ctx)
 
     samples = out / "bench_samples_30.npz"
-    assert result.artifacts == {"bench_samples_30": samples}
+    assert [(a.role, a.kind, a.path, a.name) for a in result.artifacts] == [
+        ("bench_samples.30", "npz", samples, "bench_samples_30")]
     with np.load(samples) as npz:
         assert npz["x"].shape == (30, 12, 12, 1) and npz["x"].dtype == np.float32
         np.testing.assert_array_equal(npz["y"], y[:30])

@@ -144,7 +144,7 @@ def test_content_key_covers_image_folders_and_weights_files(tmp_path):
 
     def key(name):
         ctx = pipeline.BuildContext(recipe, tmp_path, Progress(quiet=True))
-        return pipeline._stage_key(stages[name], recipe, ctx, {}, content)
+        return pipeline._stage_key(stages[name], recipe, ctx, content)
 
     data_key, student_key = key("data"), key("student")
     image = root / "cat" / "3.png"

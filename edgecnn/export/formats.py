@@ -15,6 +15,8 @@ class ExportFormat:
         precision: what ``report.json`` calls it.
         needs_calibration: needs a representative dataset (full-integer quantization).
         description: one line for people.
+        kind: the artifact kind of the file (see :mod:`edgecnn.artifacts`).
+        runtime: what can run it: ``litert`` (any host TFLite interpreter) or ``edgetpu``.
     """
 
     name: str
@@ -22,6 +24,13 @@ class ExportFormat:
     precision: str
     needs_calibration: bool
     description: str
+    kind: str = "tflite"
+    runtime: str = "litert"
+
+    @property
+    def role(self) -> str:
+        """The artifact role of the file: ``model.tflite.<name>``."""
+        return f"model.tflite.{self.name}"
 
 
 FORMATS: tuple[ExportFormat, ...] = (
@@ -29,6 +38,13 @@ FORMATS: tuple[ExportFormat, ...] = (
     ExportFormat("float16", "student_float16.tflite", "float16", False, "float16 weights, float32 compute (GPU delegates)"),
     ExportFormat("int8", "student_int8.tflite", "int8", True, "full-integer int8 weights and activations (CPU, Edge TPU, NPUs)"),
 )
+
+
+# The Edge TPU compiler's output (issue #11 item 8): a row of its own, not in FORMATS,
+# because export.formats cannot ask for it until the compile stage exists. Evaluation on
+# the host reports it as "not evaluable on this host" (its runtime is the Edge TPU).
+EDGETPU_FORMAT = ExportFormat("edgetpu", "student_int8_edgetpu.tflite", "int8", True,
+                              "int8 model compiled for the Coral Edge TPU", kind="edgetpu", runtime="edgetpu")
 
 
 def get_format(name: str) -> ExportFormat:
