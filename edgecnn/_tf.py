@@ -13,9 +13,22 @@ import os
 import sys
 from typing import Iterator
 
+
+
+def native_logs_wanted() -> bool:
+    """True when the person asked for native log lines (``--verbose`` or ``--debug``).
+
+    The CLI sets ``EDGECNN_VERBOSE=1`` for ``-v/--verbose`` and both ``EDGECNN_DEBUG=1``
+    and ``EDGECNN_VERBOSE=1`` for ``--debug``; either variable alone also counts, for
+    library users.
+    """
+    return os.environ.get("EDGECNN_VERBOSE") == "1" or os.environ.get("EDGECNN_DEBUG") == "1"
+
+
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-# TensorFlow's C++ start-up chatter is noise in a CLI; errors still show.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's C++ start-up chatter is noise in a CLI; errors still show. Read when
+# TensorFlow is first imported, which is after the CLI has parsed --verbose.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if native_logs_wanted() else "2")
 
 
 @contextlib.contextmanager
@@ -23,11 +36,15 @@ def native_stderr_silenced() -> Iterator[None]:
     """Silence what C++ code writes straight to file descriptor 2 while the block runs.
 
     TensorFlow's import (CUDA probing on a CPU machine), the TFLite converter and the
-    interpreter print absl/glog lines that Python cannot filter and that bury the one
-    line of progress a person reads. ``EDGECNN_DEBUG=1`` (set by ``--debug``) keeps them.
-    Only wrap short native calls: Python's own stderr writes inside are lost too.
+    interpreter print absl/glog lines that Python cannot filter, that bury the one line
+    of progress a person reads and that would turn a one-line error into several.
+    ``--verbose`` and ``--debug`` keep them (:func:`native_logs_wanted`).
+
+    Only wrap short native calls: Python's own stderr writes inside are lost too. An
+    exception raised inside propagates after fd 2 is restored, so the CLI's one error
+    line is always seen.
     """
-    if os.environ.get("EDGECNN_DEBUG") == "1":
+    if native_logs_wanted():
         yield
         return
     sys.stderr.flush()

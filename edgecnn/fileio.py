@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -19,18 +20,65 @@ from edgecnn.errors import FilesystemError
 OWNER_MARKER = ".edgecnn-owned"
 
 
+def _naming(exc: OSError, target: Path, *temporaries: Path) -> OSError:
+    """``exc`` with ``target`` as its file name when it names a temporary or nothing.
+
+    A full disk or a read-only folder surfaces while edgecnn writes ``.tmp-*`` names
+    (or, for ``write()``, with no name at all); the person needs to read the path they
+    asked for. The CLI prints any ``OSError`` as ``PATH: reason (ERRNO); fix``.
+    """
+    named = exc.filename
+    temporary = named is not None and (Path(named) in temporaries or Path(named).name.startswith(".tmp-"))
+    if exc.errno is None or (named is not None and not temporary):
+        return exc
+    return OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(target))
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def make_dirs(directory: str | os.PathLike) -> Path:
+    """``mkdir -p`` that names the file in the way when a path component is a file.
+
+    ``Path.mkdir(exist_ok=True)`` reports "File exists" for ``a_file/sub``, which reads
+    as if the folder were there; the real problem is ENOTDIR.
+
+    Raises:
+        OSError: ENOTDIR naming ``directory``, or the OS's own error (read-only, full).
+    """
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(directory)) from None
+    return directory
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; rename it onto ``target`` on success.
 
     The temporary name starts with ``.tmp-`` in the same directory, so the final
     ``os.replace`` is atomic on POSIX and a crash leaves only an obviously partial file
-    (or directory) that nothing reads.
+    (or directory) that nothing reads. Whatever fails -- the writer, a full disk, a
+    read-only folder -- the temporary is removed and ``target`` is untouched.
+
+    Raises:
+        OSError: the folder cannot be created or written; named by ``target`` (not the
+            temporary), so the one error line names the path the person chose.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Keep the suffix: some writers (Keras' model.save) pick the format from it.
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{target.stem}.", suffix=target.suffix, dir=target.parent)
+    try:
+        make_dirs(target.parent)
+        # Keep the suffix: some writers (Keras' model.save) pick the format from it.
+        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{target.stem}.", suffix=target.suffix, dir=target.parent)
+    except OSError as exc:
+        raise _naming(exc, target, target.parent) from None
     os.close(fd)
     os.unlink(tmp)  # the writer creates it (a file, or a directory for SavedModel)
     tmp_path = Path(tmp)
@@ -39,20 +87,37 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
         os.replace(tmp_path, target)
+    except OSError as exc:
+        raise _naming(exc, target, tmp_path) from None
     finally:
-        if tmp_path.is_dir():
-            shutil.rmtree(tmp_path, ignore_errors=True)
-        elif tmp_path.exists():
-            tmp_path.unlink()
+        _remove(tmp_path)
+
+
+@contextlib.contextmanager
+def atomic_writer(target: str | Path, mode: str = "w", **open_args) -> Iterator:
+    """Open a ``.tmp-`` file next to ``target`` for writing; rename it onto ``target`` on success.
+
+    For writers that stream (the demo's per-frame log): readers never see a half file,
+    and on any failure -- a full disk included -- the temporary is removed.
+
+    Args:
+        target: the final path.
+        mode: ``"w"`` (text, UTF-8 unless ``encoding`` is given) or ``"wb"``.
+        **open_args: passed to :func:`open`.
+    """
+    if "b" not in mode:
+        open_args.setdefault("encoding", "utf-8")
+    with atomic_path(target) as tmp:
+        with open(tmp, mode, **open_args) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
 
 
 def write_bytes_atomic(target: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``target`` atomically and return the path."""
-    with atomic_path(target) as tmp:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+    with atomic_writer(target, "wb") as fh:
+        fh.write(data)
     return Path(target)
 
 
@@ -148,7 +213,7 @@ def claim_output_dir(path: str | os.PathLike, kind: str, *, what: str = "--out",
         if any(directory.iterdir()) and not (legacy and all((directory / name).exists() for name in legacy)):
             raise FilesystemError(f"{what} {directory}: exists and holds files edgecnn did not create; "
                                   "choose a new or empty folder (edgecnn never overwrites what it did not write)")
-    directory.mkdir(parents=True, exist_ok=True)
+    make_dirs(directory)
     _write_marker(directory, kind)
     return directory
 
@@ -180,8 +245,11 @@ def replace_output_dir(path: str | os.PathLike, kind: str, *, force: bool = Fals
             raise FilesystemError(f"{what} {target}: holds an edgecnn {found}, not a {kind}; choose another folder")
         if found is not None and not force:
             raise FilesystemError(f"{what} {target}: an edgecnn {kind} is already there; pass --force to replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}.", dir=target.parent))
+    try:
+        make_dirs(target.parent)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}.", dir=target.parent))
+    except OSError as exc:
+        raise _naming(exc, target, target.parent) from None
     try:
         yield tmp
         _write_marker(tmp, kind)
@@ -192,6 +260,21 @@ def replace_output_dir(path: str | os.PathLike, kind: str, *, force: bool = Fals
         os.replace(tmp, target)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        raise _inside(exc, tmp, target) from None
     finally:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _inside(exc: OSError, tmp: Path, target: Path) -> OSError:
+    """``exc`` naming the file under ``target`` that a failed write under ``tmp`` stood for."""
+    if exc.errno is None:
+        return exc
+    if exc.filename is None:
+        return OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(target))
+    try:
+        relative = Path(exc.filename).relative_to(tmp)
+    except ValueError:
+        return _naming(exc, target)
+    return OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(target / relative))

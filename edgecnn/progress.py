@@ -29,8 +29,15 @@ class Progress:
         self._interactive = bool(getattr(self.stream, "isatty", lambda: False)()) and not quiet
 
     def attach_log(self, path: Path) -> None:
-        """Also append every line to ``path``."""
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Also append every line to ``path``.
+
+        Raises:
+            OSError: the log cannot be created (read-only run directory, full disk),
+                naming ``path``; the CLI prints it as one line.
+        """
+        from edgecnn.fileio import make_dirs
+
+        make_dirs(path.parent)
         self._log = open(path, "a", encoding="utf-8")
         self._log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n")
 

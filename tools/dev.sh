@@ -5,6 +5,14 @@
 #   bash tools/dev.sh setup                                # set up only
 # Set-up is idempotent: a virtualenv in .venv with edgecnn installed (editable), and the
 # Fashion-MNIST files (Debian package dataset-fashion-mnist, else a download).
+#
+# System packages: where something is missing it says, before installing, which Debian
+# packages it will install with apt-get (as root, or with sudo that needs no password)
+# and why: python3.11-venv (to create .venv), dataset-fashion-mnist (the data set),
+# and for `test` openssh-server, openssh-client and adb (the SSH and adb transport
+# tests use the real programs). EDGECNN_NO_SYSTEM_PACKAGES=1 installs none: the data
+# set is then downloaded into ~/.keras/datasets, and tests that need a missing program
+# skip with their reason.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -16,8 +24,16 @@ as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo "$@"; else return 1; fi
 }
 
+# apt_install WHY PACKAGE...: say what will be installed and why, then install it.
 apt_install() {
-  command -v apt-get >/dev/null || return 1
+  local why=$1
+  shift
+  if [ "${EDGECNN_NO_SYSTEM_PACKAGES:-}" = 1 ]; then
+    say "not installing system package(s) $* ($why): EDGECNN_NO_SYSTEM_PACKAGES=1"
+    return 1
+  fi
+  command -v apt-get >/dev/null || { say "cannot install $* ($why): no apt-get on this machine"; return 1; }
+  say "installing system package(s) $* with apt-get, $why (set EDGECNN_NO_SYSTEM_PACKAGES=1 to skip this)"
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null 2>&1 && return 0
   as_root apt-get update -q >/dev/null 2>&1 || return 1
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null 2>&1
@@ -38,8 +54,10 @@ setup_venv() {
     say "creating $VENV with $py"
     if ! "$py" -m venv "$VENV" 2>/dev/null; then
       rm -rf "$VENV"
-      say "python venv module missing; installing python3.11-venv"
-      apt_install python3.11-venv || apt_install python3-venv || { say "install python3.11-venv and retry"; exit 1; }
+      say "the Python venv module is missing"
+      apt_install "to create the virtualenv $VENV" python3.11-venv \
+        || apt_install "to create the virtualenv $VENV" python3-venv \
+        || { say "install python3.11-venv (or set PYTHON=... to a Python 3.11 with venv) and retry"; exit 1; }
       "$py" -m venv "$VENV"
     fi
   fi
@@ -56,9 +74,9 @@ setup_venv() {
 setup_data() {
   local sys_dir=/usr/share/datasets/fashion-mnist
   if [ -n "${EDGECNN_DATA:-}" ] || [ -f "$sys_dir/t10k-labels-idx1-ubyte.gz" ]; then return 0; fi
-  say "getting Fashion-MNIST (Debian package dataset-fashion-mnist)"
-  if apt_install dataset-fashion-mnist && [ -f "$sys_dir/t10k-labels-idx1-ubyte.gz" ]; then return 0; fi
-  say "apt not available; downloading into ~/.keras/datasets/fashion-mnist"
+  if apt_install "for the Fashion-MNIST data set the quickstart and the tests use" dataset-fashion-mnist \
+    && [ -f "$sys_dir/t10k-labels-idx1-ubyte.gz" ]; then return 0; fi
+  say "downloading Fashion-MNIST into ~/.keras/datasets/fashion-mnist instead (sha256-checked)"
   "$VENV/bin/edgecnn" data download fashion_mnist
 }
 
@@ -70,8 +88,8 @@ setup_test_tools() {
   command -v ssh >/dev/null && command -v scp >/dev/null || missing+=(openssh-client)
   command -v adb >/dev/null || missing+=(adb)
   [ ${#missing[@]} -eq 0 ] && return 0
-  say "installing ${missing[*]} for the SSH/adb transport tests"
-  apt_install "${missing[@]}" || say "note: could not install ${missing[*]} (no apt, or not root); the tests that need them will skip"
+  apt_install "for the SSH and adb transport tests (a real sshd on 127.0.0.1, the real adb)" "${missing[@]}" \
+    || say "note: without ${missing[*]} the tests that need them skip, with the reason"
 }
 
 cmd=${1:-}

@@ -8,13 +8,15 @@ clean copy, so nothing malformed reaches a report or a comparison table.
 
 Storage: :func:`append_result` keeps one JSON object per line in ``bench.jsonl`` in the
 run directory (JSON Lines). Each append rewrites the file through an atomic rename, so a
-killed process leaves either the old or the new file, never a half-written line; the
-cost is one copy of the file per append, fine for a few thousand results. One writer at
-a time is assumed.
+killed process or a full disk leaves either the old or the new file, never a half-written
+line; the cost is one copy of the file per append, fine for a few thousand results. One
+writer at a time is assumed. Only a results file is appended to: any other existing file
+is refused, so a mistyped ``--out`` never changes a user's file.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -23,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from edgecnn.errors import DeviceError
+from edgecnn.errors import DeviceError, FilesystemError
 from edgecnn.fileio import path_size, sha256_file, write_text_atomic
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "failed_result",
     "validate_result",
     "append_result",
+    "check_results_target",
     "load_results",
     "compare",
     "format_compare",
@@ -315,6 +318,11 @@ def _results_path(run_dir_or_file: str | os.PathLike) -> Path:
 def append_result(run_dir_or_file: str | os.PathLike, result: dict) -> Path:
     """Append one result to a JSON Lines file, atomically.
 
+    The file is rewritten through a temporary and a rename (see the module docstring),
+    so a full disk or a killed process leaves the old file byte for byte, never a torn
+    last line. An existing file is appended to only when it already is a results file
+    (every entry valid): a user's file passed to ``--out`` by mistake is never changed.
+
     Args:
         run_dir_or_file: a run directory (the file is ``bench.jsonl`` in it) or a
             ``.jsonl`` path. A ``.json`` path holds a JSON list instead.
@@ -325,18 +333,86 @@ def append_result(run_dir_or_file: str | os.PathLike, result: dict) -> Path:
 
     Raises:
         DeviceError: the result is not a valid result.
+        FilesystemError: the path is a file that is not a results file, or a file
+            where a run directory was meant.
+        OSError: the file cannot be written (read-only, full disk); it names the path.
     """
     clean = validate_result(result, "result to append")
-    path = _results_path(run_dir_or_file)
+    path = _checked_results_path(run_dir_or_file)
+    existing = _existing_results(path)
     if path.suffix == ".json":
-        existing = load_results(path) if path.exists() else []
         write_text_atomic(path, json.dumps(existing + [clean], indent=1) + "\n")
         return path
-    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    old = path.read_text(encoding="utf-8") if existing else ""
     if old and not old.endswith("\n"):
         old += "\n"
     write_text_atomic(path, old + json.dumps(clean, separators=(",", ":")) + "\n")
     return path
+
+
+def check_results_target(run_dir_or_file: str | os.PathLike) -> Path:
+    """Refuse, before any benchmark runs, an ``--out`` that :func:`append_result` would refuse.
+
+    Creates nothing. Checks that the path is a folder, a results file or a new file
+    name, and that the nearest existing folder above it is writable.
+
+    Returns:
+        The results file that :func:`append_result` will write.
+
+    Raises:
+        FilesystemError: as :func:`append_result`.
+        OSError: the folder is read-only or not writable (EROFS, EACCES), naming it.
+    """
+    path = _checked_results_path(run_dir_or_file)
+    _existing_results(path)
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
+    if not os.access(folder, os.W_OK):
+        code = errno.EROFS if _read_only(folder) else errno.EACCES
+        raise OSError(code, os.strerror(code), str(path))
+    return path
+
+
+def _checked_results_path(run_dir_or_file: str | os.PathLike) -> Path:
+    given = Path(run_dir_or_file)
+    if given.suffix not in (".jsonl", ".json") and given.exists() and not given.is_dir():
+        raise FilesystemError(f"--out {given}: is a file, not a run directory or a .jsonl results file; pass a "
+                              "folder or a new .jsonl path")
+    return _results_path(given)
+
+
+def _read_only(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _existing_results(path: Path) -> list[dict]:
+    """The results already in ``path`` ([] when absent or empty); refuses any other file."""
+    if not path.exists() and not path.is_symlink():
+        return []
+    if path.is_dir():
+        raise FilesystemError(f"--out {path}: is a folder; pass a .jsonl file path or the run directory above it")
+    with open(path, "rb") as fh:  # an unreadable file is an OS error, named as such
+        if not fh.read(1):
+            return []
+    try:
+        return load_results(path)
+    except DeviceError as exc:
+        raise FilesystemError(f"--out {path}: exists and is not an edgecnn results file "
+                              f"({_short_reason(exc, path)}); edgecnn appends only to files it wrote: "
+                              "choose a new .jsonl path") from None
+
+
+def _short_reason(exc: Exception, path: Path) -> str:
+    text = str(exc)
+    prefix = f"{path}: "
+    text = text[len(prefix):] if text.startswith(prefix) else text
+    return text.split(";")[0][:120]
 
 
 def load_results(path: str | os.PathLike) -> list[dict]:

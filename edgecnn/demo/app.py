@@ -3,7 +3,9 @@
 ``edgecnn demo --model MODEL_OR_BUNDLE --source SOURCE`` classifies every frame and
 draws the top-k labels, the inference time and a smoothed FPS on it; in a window (q or
 Esc quits) or headless, writing an annotated video (``--out``) and one JSON line per
-frame (``--log``), flushed as it goes so a crash keeps the frames already processed.
+frame (``--log``). Both are written under ``.tmp-`` names and renamed into place when
+the run ends (end of source, ``--max-frames``, q, Ctrl-C); a failed run (an error, a full
+disk) leaves neither, and an existing file is replaced only if the demo wrote it.
 
 Labels and normalization come from the model's TFLite metadata; without it, from the
 ``metadata.json`` of a bundle or the ``dataset.json`` of a run directory beside the
@@ -12,9 +14,13 @@ model. OpenCV is needed (``pip install 'edgecnn[demo]'``); TensorFlow is not.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import gc
 import json
 import os
 import platform
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +29,8 @@ from typing import Any, Callable
 import numpy as np
 
 from edgecnn.demo.core import FpsMeter, InputTransform, dequantize, top_k
-from edgecnn.errors import DataError, DeviceError, MissingDependencyError, ModelFileError
+from edgecnn.errors import DataError, DeviceError, FilesystemError, MissingDependencyError, ModelFileError
+from edgecnn.fileio import atomic_path
 
 __all__ = ["DemoModel", "DemoSummary", "FrameSource", "load_demo_model", "open_source", "run_demo"]
 
@@ -114,13 +121,23 @@ def _delegates(name: str | None) -> list | None:
     if load_delegate is None:
         raise MissingDependencyError("no TFLite runtime with delegate support; pip install ai-edge-litert")
     library = _EDGETPU_LIBRARIES.get(platform.system(), "libedgetpu.so.1") if name == "edgetpu" else name
+    first = None
+    # A Delegate whose library fails to load raises in __init__ and then again in
+    # __del__ ("'Delegate' object has no attribute '_library'"), which Python prints as
+    # "Exception ignored ..." with a traceback under the one error line. That second
+    # failure says nothing new: drop it while the half-built object is freed.
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: None
     try:
         return [load_delegate(library)]
     except (ValueError, OSError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        hint = ("install the Edge TPU runtime (libedgetpu1-std) and plug the accelerator in"
-                if name == "edgetpu" else "check the delegate library path")
-        raise DeviceError(f"cannot load the {name} delegate {library} ({first}); {hint}") from None
+    finally:
+        gc.collect()
+        sys.unraisablehook = hook
+    hint = ("install the Edge TPU runtime (libedgetpu1-std) and plug the accelerator in"
+            if name == "edgetpu" else "check the delegate library path")
+    raise DeviceError(f"cannot load the {name} delegate {library} ({first}); {hint}")
 
 
 def load_demo_model(model: str | os.PathLike, threads: int | None = None, delegate: str | None = None) -> DemoModel:
@@ -307,13 +324,81 @@ class DemoSummary:
         return asdict(self)
 
 
+# Set on every video the demo writes, so a re-run may replace its own file (and only that).
+_VIDEO_MARK = "user.edgecnn"
+
+
+def _is_demo_log(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            first = fh.readline(1 << 16)
+        record = json.loads(first)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(record, dict) and {"frame", "predictions", "total_ms"} <= set(record)
+
+
+def _is_demo_video(path: Path) -> bool:
+    try:
+        return os.getxattr(path, _VIDEO_MARK) == b"demo"
+    except (OSError, AttributeError):  # no xattrs on this file system (or OS)
+        return False
+
+
+def check_output_paths(out: str | os.PathLike | None, log: str | os.PathLike | None) -> None:
+    """Refuse, before anything runs, a ``--out`` or ``--log`` that would replace a user's file.
+
+    An existing file is replaced only when the demo wrote it (a log whose first line is
+    a demo record; a video carrying edgecnn's extended attribute). Nothing is created.
+
+    Raises:
+        FilesystemError: the path is a folder, the same path is given twice, or an
+            existing file there is not the demo's.
+    """
+    paths = {"--out": Path(out) if out is not None else None, "--log": Path(log) if log is not None else None}
+    if paths["--out"] is not None and paths["--out"] == paths["--log"]:
+        raise FilesystemError(f"--out and --log are both {paths['--out']}; give two different files")
+    for option, path in paths.items():
+        if path is None or not (path.exists() or path.is_symlink()):
+            continue
+        if path.is_dir():
+            raise FilesystemError(f"{option} {path}: is a folder; give a file path")
+        ours = _is_demo_video(path) if option == "--out" else _is_demo_log(path)
+        if not ours or path.is_symlink():
+            raise FilesystemError(f"{option} {path}: exists and was not written by 'edgecnn demo'; choose a new "
+                                  "file name (edgecnn never overwrites what it did not write)")
+
+
 def _video_writer(cv2, path: Path, fps: float, size: tuple[int, int]):
     fourcc = cv2.VideoWriter_fourcc(*("MJPG" if path.suffix.lower() == ".avi" else "mp4v"))
-    path.parent.mkdir(parents=True, exist_ok=True)
     writer = cv2.VideoWriter(str(path), fourcc, fps, size)
     if not writer.isOpened():
         raise DataError(f"{path}: cannot write a video there; use a .mp4 or .avi path in a writable folder")
     return writer
+
+
+def _check_video(cv2, tmp: Path, target: Path, frames: int) -> None:
+    """Raise unless ``tmp`` reads back as a video of ``frames`` frames.
+
+    OpenCV's writer reports no I/O errors: on a full disk it leaves a truncated file
+    and returns normally, so the file is read back before it is renamed into place.
+    """
+    cap = cv2.VideoCapture(str(tmp))
+    try:
+        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
+    finally:
+        cap.release()
+    if count >= frames:
+        return
+    try:
+        stats = os.statvfs(tmp.parent)
+        full = stats.f_bavail * stats.f_frsize < (1 << 20)
+    except OSError:
+        full = False
+    if full:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
+    raise FilesystemError(f"--out {target}: the video could not be written completely ({count} of {frames} frames "
+                          "read back); check the folder and the free space, or use .avi")
 
 
 def run_demo(model: str | os.PathLike, source: str, top: int = 3, threshold: float = 0.0,
@@ -335,6 +420,7 @@ def run_demo(model: str | os.PathLike, source: str, top: int = 3, threshold: flo
         EdgecnnError subclasses, each one line: model, source, camera or output problems.
     """
     cv2 = _cv2()
+    check_output_paths(out, log)
     demo = load_demo_model(model, threads=threads, delegate=delegate)
     src = open_source(source)
     summary = DemoSummary(str(demo.path), src.name, demo.info_source)
@@ -345,17 +431,52 @@ def run_demo(model: str | os.PathLike, source: str, top: int = 3, threshold: flo
             src.close()
             raise MissingDependencyError("this OpenCV build has no GUI (opencv-python-headless, or no display); "
                                          "run with --headless --out annotated.mp4, or pip install opencv-python") from None
-    log_file = None
-    writer = None
     meter = FpsMeter()
     sums = dict.fromkeys(("capture_ms", "preprocess_ms", "inference_ms", "draw_ms", "output_ms", "total_ms"), 0.0)
-    interpreter, spec = demo.interpreter, demo.output
     clock = time.perf_counter
     start = clock()
-    try:
+    # Both outputs are written under .tmp- names and renamed into place when the run
+    # ends (also by q, --max-frames or Ctrl-C); an error removes them, so a failed run
+    # leaves no half video or log that looks complete.
+    with contextlib.ExitStack() as outputs:
+        log_file = None
         if log is not None:
-            Path(log).parent.mkdir(parents=True, exist_ok=True)
-            log_file = open(log, "w", encoding="utf-8")
+            log_file = outputs.enter_context(open(outputs.enter_context(atomic_path(log)), "w", encoding="utf-8"))
+        video_tmp = outputs.enter_context(atomic_path(out)) if out is not None else None
+        try:
+            _classify_frames(cv2, demo, src, summary, sums, meter, headless, top, threshold, max_frames,
+                             video_tmp, log_file)
+        finally:
+            src.close()
+            if not headless:
+                cv2.destroyAllWindows()
+        if video_tmp is not None and not summary.frames:
+            raise DataError(f"{src.name}: gave no frames, so there is no video to write to {out}")
+        if video_tmp is not None:
+            _check_video(cv2, video_tmp, Path(out), summary.frames)
+            with contextlib.suppress(OSError):  # no xattrs here: a re-run will refuse to replace it
+                os.setxattr(video_tmp, _VIDEO_MARK, b"demo")
+        if log_file is not None:
+            log_file.flush()
+            os.fsync(log_file.fileno())
+    summary.wall_s = round(clock() - start, 3)
+    n = max(summary.frames, 1)
+    summary.mean_ms = {k: round(v / n, 3) for k, v in sums.items()}
+    summary.fps = round(summary.frames / summary.wall_s, 2) if summary.wall_s > 0 else 0.0
+    if sums["total_ms"] > 0:
+        summary.overhead_share = round((sums["capture_ms"] + sums["preprocess_ms"] + sums["draw_ms"])
+                                       / sums["total_ms"], 4)
+    return summary
+
+
+def _classify_frames(cv2, demo: DemoModel, src: FrameSource, summary: DemoSummary, sums: dict, meter: FpsMeter,
+                     headless: bool, top: int, threshold: float, max_frames: int | None, video: Path | None,
+                     log_file) -> None:
+    """The frame loop of :func:`run_demo`; fills ``summary`` and ``sums`` in place."""
+    interpreter, spec = demo.interpreter, demo.output
+    clock = time.perf_counter
+    writer = None
+    try:
         fps = 0.0
         while max_frames is None or summary.frames < max_frames:
             t0 = clock()
@@ -374,10 +495,10 @@ def run_demo(model: str | os.PathLike, source: str, top: int = 3, threshold: flo
                          demo.transform.crop_box(*frame.shape[:2]))
             t4 = clock()
             key = -1
-            if out is not None:
+            if video is not None:
                 if writer is None:
                     size = (frame.shape[1], frame.shape[0])
-                    writer = _video_writer(cv2, Path(out), src.fps, size)
+                    writer = _video_writer(cv2, video, src.fps, size)
                 if (frame.shape[1], frame.shape[0]) != size:
                     frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
                 writer.write(frame)
@@ -397,7 +518,7 @@ def run_demo(model: str | os.PathLike, source: str, top: int = 3, threshold: flo
                           "predictions": [{"index": c.id, "label": c.label, "score": c.score} for c in classes],
                           **{k: round(v, 3) for k, v in times.items()}, "fps": round(fps, 2)}
                 log_file.write(json.dumps(record) + "\n")
-                log_file.flush()  # a crash keeps every frame already processed
+                log_file.flush()  # a full disk shows up at this frame, not at the end
             if key in (ord("q"), 27):
                 summary.stopped_by = "key"
                 break
@@ -406,21 +527,8 @@ def run_demo(model: str | os.PathLike, source: str, top: int = 3, threshold: flo
     except KeyboardInterrupt:
         summary.stopped_by = "interrupted"
     finally:
-        src.close()
         if writer is not None:
             writer.release()  # finalizes the container, also after Ctrl-C
-        if log_file is not None:
-            log_file.close()
-        if not headless:
-            cv2.destroyAllWindows()
-    summary.wall_s = round(clock() - start, 3)
-    n = max(summary.frames, 1)
-    summary.mean_ms = {k: round(v / n, 3) for k, v in sums.items()}
-    summary.fps = round(summary.frames / summary.wall_s, 2) if summary.wall_s > 0 else 0.0
-    if sums["total_ms"] > 0:
-        summary.overhead_share = round((sums["capture_ms"] + sums["preprocess_ms"] + sums["draw_ms"])
-                                       / sums["total_ms"], 4)
-    return summary
 
 
 def format_summary(summary: DemoSummary) -> str:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
-
-import warnings
 
 from edgecnn._tf import keras, native_stderr_silenced, tensorflow
 from edgecnn.export.formats import ExportFormat
@@ -26,7 +25,9 @@ def inference_model(student):
 
 def _converter(model):
     tf = tensorflow()
-    return tf.lite.TFLiteConverter.from_keras_model(model)
+    # Tracing the Keras model can log (absl) on fd 2, like the conversion itself.
+    with native_stderr_silenced():
+        return tf.lite.TFLiteConverter.from_keras_model(model)
 
 
 def convert_float(model, fmt: ExportFormat, path: str | Path) -> Path:
@@ -41,7 +42,9 @@ def convert_float(model, fmt: ExportFormat, path: str | Path) -> Path:
 
 def _convert(converter) -> bytes:
     # The converter prints MLIR pass chatter to fd 2 and warns about input statistics
-    # it does not need for full-integer models; neither helps the person reading.
+    # it does not need for full-integer models; neither helps the person reading
+    # (--verbose shows the native lines). A ConverterError raised inside carries the
+    # converter's own message and reaches the CLI after fd 2 is restored.
     with native_stderr_silenced(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
         return converter.convert()
