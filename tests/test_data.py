@@ -196,8 +196,12 @@ def test_locate_order_recipe_path_then_env_then_system_then_cache(isolated_searc
 
     assert fashion_mnist.locate_fashion_mnist(recipe_dir, download=False) == recipe_dir
     assert fashion_mnist.locate_fashion_mnist(None, download=False) == env_dir
-    # A recipe path without the files falls through to the next place.
-    assert fashion_mnist.locate_fashion_mnist(tmp / "empty", download=False) == env_dir
+    # A recipe path without the files is an error naming it, never silently another copy.
+    (tmp / "empty").mkdir()
+    with pytest.raises(DataError, match=r"data.path .*empty: lacks train-images"):
+        fashion_mnist.locate_fashion_mnist(tmp / "empty", download=True)
+    with pytest.raises(DataError, match=r"data.path .*nowhere: does not exist"):
+        fashion_mnist.locate_fashion_mnist(tmp / "nowhere", download=False)
     monkeypatch.delenv("EDGECNN_DATA")
     assert fashion_mnist.locate_fashion_mnist(None, download=False) == system_dir
     shutil.rmtree(system_dir)
@@ -228,9 +232,9 @@ def test_locate_accepts_uncompressed_copies(isolated_search):
 
 def test_locate_not_found_says_where_and_how(isolated_search):
     with pytest.raises(DataError) as exc_info:
-        fashion_mnist.locate_fashion_mnist(isolated_search / "mine", download=False)
+        fashion_mnist.locate_fashion_mnist(None, download=False)
     assert_data_error(
-        exc_info, str(isolated_search / "mine"), str(isolated_search / "system"),
+        exc_info, str(isolated_search / "system"),
         str(fashion_mnist.keras_cache_dir()), "sudo apt-get install dataset-fashion-mnist", "EDGECNN_DATA",
     )
 

@@ -43,8 +43,8 @@ def check_benchmark(model: str | os.PathLike, target: Target | str, *, inputs_np
 
     target = parse_target(target) if isinstance(target, str) else target
     check_model_for_target(model, target)
-    if inputs_npz is not None and not os.path.isfile(inputs_npz):
-        raise DeviceError(f"{inputs_npz}: no such inputs file; pass an .npz with x (and y)")
+    if inputs_npz is not None:
+        _check_inputs_file(inputs_npz)
     if target.kind == "ssh":
         from edgecnn.bench.ssh import check_ssh_options
 
@@ -54,6 +54,25 @@ def check_benchmark(model: str | os.PathLike, target: Target | str, *, inputs_np
 
         check_adb_options(adb or AdbOptions())
     return target
+
+
+def _check_inputs_file(path: str | os.PathLike) -> None:
+    """Open ``--inputs`` here, so a junk file is one error line before any target runs."""
+    import zipfile
+
+    import numpy as np
+
+    if not os.path.isfile(path):
+        raise DeviceError(f"{path}: no such inputs file; pass an .npz with x (and y)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            names = list(getattr(npz, "files", ()))
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise DeviceError(f"{path}: not a readable .npz ({first}); write it with numpy.savez(path, x=..., y=...)") from None
+    if "x" not in names:
+        raise DeviceError(f"{path}: has no array 'x' (found: {', '.join(names) or 'none'}); "
+                          "write it with numpy.savez(path, x=..., y=...)")
 
 
 def run_benchmark(model: str | os.PathLike, target: Target | str = "local", *, threads: int = 1,

@@ -1,11 +1,12 @@
 """Fashion-MNIST (Xiao, Rasul & Vollgraf, 2017, arXiv:1708.07747): finding, downloading, loading.
 
-Search order, first folder holding all four files wins:
+A recipe's ``data.path`` is used alone: the files must be there (a folder you name
+that lacks them is an error, never silently replaced by another copy). Without it, the
+search order is, first folder holding all four files wins:
 
-1. the recipe's ``data.path``;
-2. ``$EDGECNN_DATA`` itself, then its ``fashion-mnist`` sub-folder;
-3. ``/usr/share/datasets/fashion-mnist`` (Debian package ``dataset-fashion-mnist``);
-4. the Keras download cache ``$KERAS_HOME/datasets/fashion-mnist`` (``~/.keras`` by default).
+1. ``$EDGECNN_DATA`` itself, then its ``fashion-mnist`` sub-folder;
+2. ``/usr/share/datasets/fashion-mnist`` (Debian package ``dataset-fashion-mnist``);
+3. the Keras download cache ``$KERAS_HOME/datasets/fashion-mnist`` (``~/.keras`` by default).
 
 If none has them, the missing files are downloaded into the Keras cache from the URLs
 Keras itself uses, verified by sha256 and written atomically. No TensorFlow here.
@@ -114,7 +115,16 @@ def locate_fashion_mnist(
         DataError: one line listing the folders searched, why the download failed, and
             how to install the dataset.
     """
-    dirs = candidate_dirs(path)
+    if path is not None:
+        folder = Path(path).expanduser()
+        if find_files(folder) is None:
+            missing = [name for name in FILES if not (folder / name).is_file()
+                       and not (folder / name.removesuffix(".gz")).is_file()]
+            state = "does not exist" if not folder.exists() else f"lacks {', '.join(missing)}"
+            raise DataError(f"data.path {folder}: {state}; point data.path at the folder holding the four "
+                            "Fashion-MNIST IDX files, or remove data.path to use the installed copy")
+        return folder
+    dirs = candidate_dirs(None)
     for folder in dirs:
         if find_files(folder) is not None:
             return folder

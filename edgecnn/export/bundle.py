@@ -70,6 +70,9 @@ MIN_TOP1_AGREEMENT = 0.9
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
+_JSON_TYPE_NAMES = {list: "list", type(None): "null", str: "string", int: "number", float: "number", bool: "boolean"}
+
+
 def _golden_name(precision: str) -> str:
     return f"golden_{precision}.npz"
 
@@ -82,7 +85,8 @@ def _read_json(path: Path, what: str) -> dict:
     except (OSError, ValueError) as exc:
         raise ModelFileError(f"{path}: unreadable ({exc}); {what}") from None
     if not isinstance(data, dict):
-        raise ModelFileError(f"{path}: holds a JSON {type(data).__name__}, not an object; {what}")
+        raise ModelFileError(f"{path}: holds a JSON {_JSON_TYPE_NAMES.get(type(data), type(data).__name__)}, "
+                             f"not an object; {what}")
     return data
 
 
