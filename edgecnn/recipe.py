@@ -107,6 +107,15 @@ class TrainConfig(_Section):
     schedule: Literal["constant", "cosine"] = Field("cosine", description="Learning-rate schedule over all steps.")
     weight_decay: float = Field(0.0, ge=0.0, le=0.1, description="Decoupled weight decay (AdamW / SGDW); 0 = off.")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="Label smoothing for the hard-label loss.")
+    distribute: Literal["default", "mirrored", "multi_worker"] = Field(
+        "default",
+        description="tf.distribute strategy: default (one device), mirrored (all local GPUs), "
+        "multi_worker (MultiWorkerMirroredStrategy, cluster from the TF_CONFIG environment variable).",
+    )
+    distribute_timeout_s: float = Field(
+        120.0, gt=0.0, le=3600.0,
+        description="multi_worker: seconds to wait for every worker in TF_CONFIG to answer before failing.",
+    )
 
 
 class TeacherConfig(_Section):

@@ -1,1 +1,4 @@
-"""Model compression: training, knowledge distillation (pruning and QAT come next)."""
+"""Model compression: one training engine (:mod:`.engine`), losses, distillation, distribution.
+
+Pruning and QAT fine-tuning come next and train through :func:`edgecnn.compress.engine.fit`.
+"""

@@ -1,74 +1,64 @@
-"""Supervised training of one model from a :class:`~edgecnn.recipe.TrainConfig`."""
+"""Supervised training of one model from a :class:`~edgecnn.recipe.TrainConfig`, and BatchNorm upkeep.
+
+Training itself is :func:`edgecnn.compress.engine.fit`; this module keeps the
+classifier-level entry points the stages call.
+"""
 
 from __future__ import annotations
 
-import math
-
-from edgecnn._tf import keras, tensorflow
+from edgecnn._tf import tensorflow
+from edgecnn.compress.engine import fit, make_optimizer, steps_for
+from edgecnn.compress.losses import CrossEntropy
 from edgecnn.progress import Progress, keras_progress_callback
 
-
-def make_optimizer(cfg, steps_per_epoch: int):
-    """Optimizer and learning-rate schedule for ``cfg`` (a TrainConfig).
-
-    The cosine schedule decays from ``learning_rate`` to 0 over all training steps
-    (Loshchilov & Hutter, 2017, arXiv:1608.03983, without restarts).
-    """
-    K = keras()
-    total = max(1, cfg.epochs * steps_per_epoch)
-    lr = K.optimizers.schedules.CosineDecay(cfg.learning_rate, total) if cfg.schedule == "cosine" else cfg.learning_rate
-    if cfg.optimizer == "adam":
-        if cfg.weight_decay > 0:
-            return K.optimizers.AdamW(learning_rate=lr, weight_decay=cfg.weight_decay)
-        return K.optimizers.Adam(learning_rate=lr)
-    return K.optimizers.SGD(learning_rate=lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay or None)
+__all__ = ["train_classifier", "evaluate_classifier", "recalibrate_batchnorm", "batchnorm_layers",
+           "hard_label_loss", "make_optimizer", "steps_for"]
 
 
 def hard_label_loss(label_smoothing: float):
-    """Cross-entropy on logits against integer labels, with optional label smoothing."""
-    K = keras()
+    """Batch-mean cross-entropy on logits against integer labels, with optional label smoothing."""
+    loss = CrossEntropy(label_smoothing)
     tf = tensorflow()
-    if label_smoothing == 0:
-        return K.losses.SparseCategoricalCrossentropy(from_logits=True)
-    cce = K.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing)
 
-    def loss(y_true, logits):
-        y = tf.one_hot(tf.cast(tf.reshape(y_true, [-1]), tf.int32), tf.shape(logits)[-1])
-        return cce(y, logits)
+    def mean(y_true, logits):
+        return tf.reduce_mean(loss.per_example(y_true, logits))
 
-    return loss
+    return mean
 
 
-def steps_for(n: int, batch_size: int) -> int:
-    return max(1, math.ceil(n / batch_size))
-
-
-def train_classifier(model, train_ds, val_ds, n_train: int, cfg, progress: Progress, label: str) -> dict:
-    """Fit ``model`` (logits output) on integer labels.
+def train_classifier(model, train_ds, val_ds, n_train: int, cfg, progress: Progress, label: str, *,
+                     callbacks=(), checkpoint_dir=None, checkpoint_key: str = "", strategy=None) -> dict:
+    """Fit ``model`` (logits output) on integer labels with the ``cross_entropy`` loss.
 
     Args:
-        model: a functional tf_keras model producing logits.
+        model: a functional tf_keras model producing logits (built inside
+            ``strategy.scope()`` when ``strategy`` is given).
         train_ds, val_ds: batched tf.data datasets of (image, label).
         n_train: training images, for the step count.
         cfg: TrainConfig.
         progress: where epoch lines go.
         label: name in progress lines.
+        callbacks: extra tf_keras callbacks (e.g. tfmot's ``UpdatePruningStep``).
+        checkpoint_dir: per-epoch checkpoints; a run killed part-way resumes from here.
+        checkpoint_key: more content for the checkpoint key (e.g. the stage's cache key).
+        strategy: a ``tf.distribute.Strategy`` (None: the current one).
 
     Returns:
-        The Keras history dict (per-epoch metrics).
+        The Keras history dict (per-epoch metrics, resumed epochs included).
     """
-    K = keras()
     steps = steps_for(n_train, cfg.batch_size)
-    model.compile(
-        optimizer=make_optimizer(cfg, steps),
-        loss=hard_label_loss(cfg.label_smoothing),
-        metrics=[K.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    result = fit(
+        model, train_ds, val_ds, loss=CrossEntropy(cfg.label_smoothing), cfg=cfg, steps_per_epoch=steps,
+        callbacks=[*callbacks, keras_progress_callback(progress, label, cfg.epochs, steps)],
+        checkpoint_dir=checkpoint_dir, checkpoint_key_extra=checkpoint_key, strategy=strategy,
+        on_resume=resume_note(progress, label, cfg.epochs),
     )
-    history = model.fit(
-        train_ds, validation_data=val_ds, epochs=cfg.epochs, verbose=0,
-        callbacks=[keras_progress_callback(progress, label, cfg.epochs, steps)],
-    )
-    return history.history
+    return result.history
+
+
+def resume_note(progress: Progress, label: str, epochs: int):
+    """An ``on_resume`` for :func:`~edgecnn.compress.engine.fit` that prints where training picks up."""
+    return lambda done: progress.line(f"    {label}: resuming from the checkpoint after epoch {done}/{epochs}")
 
 
 def evaluate_classifier(model, ds) -> float:
@@ -82,6 +72,39 @@ def evaluate_classifier(model, ds) -> float:
     return correct / max(1, total)
 
 
+_BATCHNORM_CLASSES = ("BatchNormalization", "SyncBatchNormalization")
+
+
+def batchnorm_layers(model) -> list:
+    """Every BatchNormalization layer in ``model``: top level, in nested models and inside wrappers.
+
+    tfmot's ``PruneLowMagnitude`` and ``QuantizeWrapper`` (tf_keras ``Wrapper`` layers)
+    hold the real layer in ``.layer``; a nested functional model holds its own ``.layers``.
+    """
+    found: list = []
+    seen: set[int] = set()
+
+    def visit(layer) -> None:
+        if id(layer) in seen:
+            return
+        seen.add(id(layer))
+        if layer.__class__.__name__ in _BATCHNORM_CLASSES:
+            found.append(layer)
+        inner = getattr(layer, "layer", None)  # tf_keras Wrapper
+        if inner is not None and hasattr(inner, "weights"):
+            visit(inner)
+        for child in getattr(layer, "layers", ()) or ():
+            visit(child)
+
+    for layer in model.layers:
+        visit(layer)
+    return found
+
+
+def _pruning_steps(model) -> list:
+    return [layer.pruning_step for layer in model.layers if hasattr(layer, "pruning_step")]
+
+
 def recalibrate_batchnorm(model, ds, max_batches: int = 100) -> int:
     """Re-estimate every BatchNormalization layer's moving statistics on training data.
 
@@ -90,6 +113,7 @@ def recalibrate_batchnorm(model, ds, max_batches: int = 100) -> int:
     Like PyTorch's ``torch.optim.swa_utils.update_bn``, this runs ``max_batches`` batches
     in training mode with momentum ``i / (i + 1)`` at batch ``i``, which makes each moving
     statistic the exact mean of the per-batch statistics. Weights are not changed.
+    BatchNorm inside tfmot wrappers and nested models is found too (:func:`batchnorm_layers`).
 
     Args:
         model: a tf_keras model.
@@ -99,10 +123,17 @@ def recalibrate_batchnorm(model, ds, max_batches: int = 100) -> int:
     Returns:
         The number of batches used (0 when the model has no BatchNormalization).
     """
-    layers = [layer for layer in model.layers if layer.__class__.__name__ == "BatchNormalization"]
+    layers = batchnorm_layers(model)
     if not layers:
         return 0
     saved = [layer.momentum for layer in layers]
+    statistics = {id(v) for layer in layers for v in (layer.moving_mean, layer.moving_variance)}
+    # Training-mode calls also move tfmot state (pruning masks, quantizer ranges); keep it as it was.
+    others = [(v, v.numpy()) for v in model.weights if id(v) not in statistics]
+    for step in _pruning_steps(model):
+        # A never-trained PruneLowMagnitude refuses training-mode calls at step 0; restored below.
+        if int(step.numpy()) < 1:
+            step.assign(1)
     used = 0
     try:
         for used, (x, _) in enumerate(ds.take(max_batches), start=1):
@@ -112,4 +143,6 @@ def recalibrate_batchnorm(model, ds, max_batches: int = 100) -> int:
     finally:
         for layer, momentum in zip(layers, saved):
             layer.momentum = momentum
+        for variable, value in others:
+            variable.assign(value)
     return used

@@ -5,11 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgecnn._tf import keras
-from edgecnn.errors import ModelFileError
 from edgecnn.models._common import (
     call_keras_application,
     classifier_head,
-    refuse_keras3_model,
     resolve_weights,
     set_batchnorm_momentum,
 )
@@ -57,27 +55,14 @@ def build_keras_application(name, input_shape, num_classes, cfg):
 
 
 def load_keras_model(path: str | Path, what: str = "teacher.path"):
-    """Load a saved tf_keras model (.keras, .h5 or a SavedModel folder) without compiling it.
+    """Load a saved tf_keras model; see :func:`edgecnn.models.loading.load_keras_model`.
 
-    A model written by Keras 3 is refused before loading, with how to re-save it for
-    tf_keras (see :func:`edgecnn.models._common.refuse_keras3_model`): tf_keras cannot
-    read Keras 3's layer configs, and tensorflow-model-optimization needs tf_keras.
+    Kept here for callers that import it from the teachers module; plain and
+    tfmot-wrapped models load alike, Keras 3 files are refused with how to re-save them.
 
     Raises:
         ModelFileError: the path is missing, holds no Keras model, or holds a Keras 3 one.
     """
-    path = Path(path)
-    if not path.exists():
-        raise ModelFileError(f"{path}: {what} does not exist; give a saved Keras model (.keras, .h5 or SavedModel folder)")
-    refuse_keras3_model(path, what)
-    K = keras()
-    try:
-        model = K.models.load_model(path, compile=False)
-    except Exception as exc:  # Keras raises many unrelated types for a bad file
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise ModelFileError(f"{path}: not a Keras model ({first}); {what} must be a model saved with model.save()") from None
-    if not isinstance(model, K.Model):
-        # tf_keras hands back a bare trackable object for a SavedModel it did not write.
-        raise ModelFileError(f"{path}: not a Keras model (a SavedModel without a Keras model in it); "
-                             f"{what} must be a tf_keras model saved with model.save()")
-    return model
+    from edgecnn.models.loading import load_keras_model as load
+
+    return load(path, what)

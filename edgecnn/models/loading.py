@@ -1,0 +1,156 @@
+"""The one loader for saved tf_keras models, plain or wrapped by tensorflow-model-optimization.
+
+A pruned model (``PruneLowMagnitude`` wrappers) or a quantization-aware one
+(``QuantizeWrapperV2``, quantizers, quantize configs) names classes that plain
+``load_model`` does not know; tfmot's ``prune_scope()`` and ``quantize_scope()`` make
+them known. Opening every file inside both scopes lets wrapped models pass between
+stages and sit in the cache like plain ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import zipfile
+from pathlib import Path
+from typing import Iterator
+
+from edgecnn._tf import keras
+from edgecnn.errors import ModelFileError
+from edgecnn.models._common import refuse_keras3_model
+
+
+@contextlib.contextmanager
+def tfmot_scopes() -> Iterator[None]:
+    """Make tfmot's pruning and quantization classes loadable while the block runs."""
+    keras()  # tfmot must see tf_keras selected before it is imported
+    import tensorflow_model_optimization as tfmot
+
+    with tfmot.quantization.keras.quantize_scope(), tfmot.sparsity.keras.prune_scope():
+        yield
+
+
+# A quantization-aware model's weights, in get_weights() order, inside its .keras archive.
+QAT_WEIGHTS_ENTRY = "edgecnn_weights.npz"
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+
+
+def _has_quantize_wrappers(model) -> bool:
+    return any(type(layer).__name__ in ("QuantizeLayer", "QuantizeWrapper", "QuantizeWrapperV2")
+               for layer in model.layers)
+
+
+def save_keras_model(model, path: str | Path) -> Path:
+    """``model.save(path)`` to a ``.keras`` archive that :func:`load_keras_model` reads back, wrapped or not.
+
+    tfmot 0.8's ``QuantizeWrapperV2`` records its variables in a different order when
+    saved than when rebuilt from a ``.keras`` archive, so tf_keras cannot restore a
+    quantization-aware model's weights from its own ``model.weights.h5``. For such a
+    model the archive also carries the weights in ``get_weights()`` order
+    (``edgecnn_weights.npz``), which the loader assigns to the model rebuilt from
+    ``config.json``. Write to a temporary path and rename for atomicity (the caller's
+    job, e.g. :func:`edgecnn.fileio.atomic_path`).
+    """
+    import numpy as np
+
+    path = Path(path)
+    model.save(path)
+    if path.suffix == ".keras" and _has_quantize_wrappers(model):
+        # An .npz written by hand with fixed dates (np.savez stamps the current time), so
+        # the same weights always give the same bytes and the same artifact sha256.
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as npz:
+            for i, weight in enumerate(model.get_weights()):
+                member = io.BytesIO()
+                np.lib.format.write_array(member, np.asarray(weight), allow_pickle=False)
+                npz.writestr(zipfile.ZipInfo(f"arr_{i}.npy", date_time=_ZIP_DATE), member.getvalue())
+        with zipfile.ZipFile(path, "a") as zf:
+            zf.writestr(zipfile.ZipInfo(QAT_WEIGHTS_ENTRY, date_time=_ZIP_DATE), buffer.getvalue())
+    return path
+
+
+def _load_with_weight_list(path: Path):
+    import numpy as np
+
+    K = keras()
+    with zipfile.ZipFile(path) as zf:
+        config = zf.read("config.json").decode()
+        arrays = np.load(io.BytesIO(zf.read(QAT_WEIGHTS_ENTRY)))
+        weights = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
+    model = K.models.model_from_json(config)
+    model.set_weights(weights)
+    return model
+
+
+def _archive_entries(path: Path) -> list[str]:
+    if not path.is_file() or not zipfile.is_zipfile(path):
+        return []
+    with zipfile.ZipFile(path) as zf:
+        return zf.namelist()
+
+
+@functools.cache
+def _built_once_classes() -> dict:
+    """Stand-ins, for loading only, for tfmot classes that build twice when read from a ``.keras`` file.
+
+    tfmot's ``QuantizeLayer.build`` does not mark the layer built, so reading a
+    quantization-aware model from a ``.keras`` archive (``build_from_config``, then the
+    functional rebuild) creates its range variables twice and the weights no longer fit
+    ("expected 5 variables, but received 3"; tensorflow/model-optimization PR #1123).
+    The subclass keeps the name and behaviour and builds once. It enters through a
+    thread-local custom-object scope inside tfmot's scopes (the innermost wins), so no
+    global registry is touched.
+    """
+    from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import (
+        QuantizeLayer as TfmotQuantizeLayer,
+    )
+
+    class QuantizeLayer(TfmotQuantizeLayer):
+        def build(self, input_shape):
+            if self.built:
+                return
+            super().build(input_shape)
+            self.built = True
+
+    return {"QuantizeLayer": QuantizeLayer}
+
+
+def load_keras_model(path: str | Path, what: str = "teacher.path"):
+    """Load a saved tf_keras model (.keras, .h5 or a SavedModel folder) without compiling it.
+
+    Plain models and tfmot-wrapped ones (pruned, quantization-aware) load alike. A model
+    written by Keras 3 is refused before loading, with how to re-save it for tf_keras
+    (see :func:`edgecnn.models._common.refuse_keras3_model`): tf_keras cannot read
+    Keras 3's layer configs, and tensorflow-model-optimization needs tf_keras.
+
+    Args:
+        path: the saved model.
+        what: the recipe key or artifact the path came from, for error messages.
+
+    Returns:
+        The tf_keras model.
+
+    Raises:
+        ModelFileError: the path is missing, holds no Keras model, or holds a Keras 3 one.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(f"{path}: {what} does not exist; give a saved Keras model (.keras, .h5 or SavedModel folder)")
+    refuse_keras3_model(path, what)
+    K = keras()
+    try:
+        entries = _archive_entries(path)
+        with tfmot_scopes(), K.utils.custom_object_scope(_built_once_classes()):
+            if QAT_WEIGHTS_ENTRY in entries:
+                model = _load_with_weight_list(path)
+            else:
+                model = K.models.load_model(path, compile=False)
+    except Exception as exc:  # Keras raises many unrelated types for a bad file
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ModelFileError(f"{path}: not a Keras model ({first}); {what} must be a model saved with model.save()") from None
+    if not isinstance(model, K.Model):
+        # tf_keras hands back a bare trackable object for a SavedModel it did not write.
+        raise ModelFileError(f"{path}: not a Keras model (a SavedModel without a Keras model in it); "
+                             f"{what} must be a tf_keras model saved with model.save()")
+    return model
