@@ -58,6 +58,11 @@ class _Cli(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted; finished stages are cached, partial files were discarded", err=True)
             sys.exit(130)
+        except click.UsageError as exc:
+            # One line like every other bad input (click's own format is three: usage, hint, error).
+            where = f"{exc.ctx.command_path}: " if exc.ctx is not None else ""
+            click.echo(f"error: {where}{exc.format_message()} (see --help)", err=True)
+            sys.exit(exc.exit_code)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort, SystemExit):
             raise
         except OSError as exc:
@@ -282,6 +287,11 @@ def bench(model: str | None, targets: tuple[str, ...], threads: int, runs: int, 
     adb = AdbOptions(benchmark_binary=Path(benchmark_binary) if benchmark_binary else None,
                      delegate=android_delegate)
 
+    if out_path:
+        from edgecnn.bench.schema import check_results_target
+
+        check_results_target(out_path)  # a bad --out fails now, not after the benchmark ran
+
     def report(result: dict) -> None:
         if out_path:
             click.echo(f"result appended to {append_result(out_path, result)}", err=True)
@@ -383,6 +393,61 @@ def compile_command(model: str, target: str, fail_on_cpu_ops: bool, out_dir: str
     result = compile_edgetpu(model, out_dir, fail_on_cpu_ops=fail_on_cpu_ops)
     click.echo(format_compile_summary(result.parsed, result.model))
     click.echo(f"report: {result.report}" + (f" (compiler log: {result.log})" if result.log else ""))
+
+
+@main.group("cache")
+def cache_group() -> None:
+    """The shared stage cache (stages/ in $EDGECNN_CACHE, default ~/.cache/edgecnn/stages)."""
+
+
+def _shared_cache():
+    from edgecnn.cache import CACHE_ENV, default_cache
+
+    cache = default_cache()
+    if cache is None:
+        raise click.ClickException(f"the shared stage cache is turned off ({CACHE_ENV}=off)")
+    return cache
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+@cache_group.command("info")
+def cache_info() -> None:
+    """Where the cache is, its entries and objects, and their size by stage."""
+    info = _shared_cache().info()
+    click.echo(f"location: {info.root}" + ("" if info.exists else " (not created yet)"))
+    click.echo(f"entries:  {info.entries}")
+    click.echo(f"objects:  {info.objects} ({_mib(info.total_bytes)})")
+    if info.work_dirs:
+        click.echo(f"unfinished stage work folders: {info.work_dirs}")
+    for stage, row in sorted(info.by_stage.items()):
+        click.echo(f"  {stage:<10} {row['entries']:>4} entries  {_mib(row['bytes'])}")
+
+
+@cache_group.command("prune")
+@click.option("--older-than", "days", type=click.FloatRange(min=0), metavar="DAYS",
+              help="Remove entries unused for DAYS days.")
+@click.option("--max-size", "size", metavar="SIZE", help="Then remove least recently used entries until the cache takes at "
+                                         "most SIZE (e.g. 500M, 2G).")
+@click.option("--dry-run", is_flag=True, help="Only print what would be removed.")
+def cache_prune(days: float | None, size: str | None, dry_run: bool) -> None:
+    """Trim the cache by age and size (run directories keep their files: hard links or copies)."""
+    from edgecnn.cache import parse_size
+
+    try:
+        max_bytes = parse_size(size) if size is not None else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--max-size") from None
+    if days is None and max_bytes is None:
+        raise click.UsageError("give --older-than DAYS and/or --max-size SIZE")
+    result = _shared_cache().prune(days * 86400 if days is not None else None, max_bytes, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for entry in result.entries:
+        click.echo(f"{verb} {entry}")
+    click.echo(f"{verb} {len(result.entries)} entries, {result.objects} objects ({_mib(result.freed_bytes)} freed; "
+               f"objects still linked from run directories stay there), {result.other} stale work folders")
 
 
 if __name__ == "__main__":  # pragma: no cover

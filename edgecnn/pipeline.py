@@ -36,6 +36,14 @@ stage cached, and two builds of one recipe list the same artifact sha256s.
 
 One build at a time per run directory: :func:`build` holds an exclusive ``flock`` on its
 ``.edgecnn-lock`` (the kernel releases it when the process ends, however it ends).
+
+Shared cache (:mod:`edgecnn.cache`): every finished stage is also published, by its key,
+to the cache shared by all run directories (``~/.cache/edgecnn``, ``EDGECNN_CACHE``). A
+stage missing from the run directory is restored from there (hard links or copies) before
+it is run, so a second build into another ``--out`` with the same sections trains
+nothing. A build holds the key's lock while it looks up, runs and publishes a stage, so a
+concurrent build of the same stage waits and re-uses the result. ``bench`` is not shared:
+it measures devices, and its results file is not an artifact.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -51,6 +60,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from edgecnn import stages as _stages
+from edgecnn.cache import StageCache, default_cache
 from edgecnn.artifacts import Artifact, ArtifactStore, role_matches
 from edgecnn.stages import StageResult
 from edgecnn.errors import DataError, EdgecnnError, ModelFileError
@@ -139,6 +149,9 @@ class Stage:
         describe: one line for ``edgecnn validate``.
         inputs: files outside the run directory the stage reads (recipe key -> files);
             their content goes into the cache key.
+        shared: whether the stage's result goes into the shared cache (False for a
+            stage whose result is a measurement of the moment, or writes files that
+            are not artifacts).
     """
 
     name: str
@@ -149,6 +162,7 @@ class Stage:
     enabled: Callable[[Recipe], bool]
     describe: Callable[[Recipe], str]
     inputs: Callable[[Recipe], dict[str, InputFiles]] = _no_inputs
+    shared: bool = True
 
 
 def _teacher_needed(r: Recipe) -> bool:
@@ -190,7 +204,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("bench", ("bench",), ("dataset", "model.tflite.*"), ("bench_samples.*",), _stages.run_bench,
           lambda r: bool(r.bench),
           lambda r: "every .tflite on " + ", ".join(t.target for t in r.bench) + ", device-side accuracy",
-          _bench_inputs),
+          _bench_inputs, shared=False),
 )
 
 
@@ -225,15 +239,37 @@ class BuildContext:
         metrics: per stage name, the metrics it returned (numbers for the report; stages
             find each other's files through ``artifacts``, never here).
         inputs: per stage, the sha256 of each input file set it read (recipe key -> digest).
+        stage_key: the cache key of the stage running now.
     """
 
-    def __init__(self, recipe: Recipe, out_dir: Path, progress: Progress):
+    def __init__(self, recipe: Recipe, out_dir: Path, progress: Progress, cache: StageCache | None = None):
         self.recipe = recipe
         self.out_dir = out_dir
         self.progress = progress
+        self.cache = cache
         self.artifacts = ArtifactStore()
         self.metrics: dict[str, dict] = {}
         self.inputs: dict[str, dict[str, str]] = {}
+        self.stage_key: str | None = None
+        self._work_in_cache = False  # whether the running stage's checkpoints live in the shared cache
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """A folder for the running stage's resumable state (epoch checkpoints), created on demand.
+
+        It belongs to the stage's cache key: the shared cache's ``work/<key>/`` (or
+        ``stages/work/<key>/`` in the run directory when the shared cache is off). It
+        survives a killed build, so a re-run with the same key finds it; only the build
+        holding the key's lock writes it; the pipeline removes it once the stage is
+        finished and recorded. Write into it atomically (``fileio.atomic_path``).
+        """
+        if self.stage_key is None:
+            raise RuntimeError("checkpoint_dir is only available while a stage runs")
+        if self._work_in_cache and self.cache is not None:
+            return self.cache.work_dir(self.stage_key)
+        from edgecnn.fileio import make_dirs
+
+        return make_dirs(self.out_dir / STAGE_DIR / "work" / self.stage_key)
 
     @cached_property
     def dataset(self):
@@ -414,8 +450,12 @@ class BuildResult:
     cached: list[str]
 
 
+_DEFAULT_CACHE = object()
+
+
 def build(recipe: Recipe | str | Path, out_dir: str | Path | None = None, overrides: tuple[str, ...] = (),
-          progress: Progress | None = None, wait: bool = False, stages: tuple[Stage, ...] = STAGES) -> BuildResult:
+          progress: Progress | None = None, wait: bool = False, stages: tuple[Stage, ...] = STAGES,
+          cache: StageCache | None | object = _DEFAULT_CACHE) -> BuildResult:
     """Run every planned stage of ``recipe``, re-using cached ones, then write the report.
 
     Args:
@@ -428,26 +468,32 @@ def build(recipe: Recipe | str | Path, out_dir: str | Path | None = None, overri
             re-use what it cached) instead of failing at once.
         stages: the stage table (default :data:`STAGES`; :func:`insert_stage` makes
             another one).
+        cache: the shared stage cache (default: the one ``EDGECNN_CACHE`` names, see
+            :func:`edgecnn.cache.cache_root`); None builds with the run directory only.
 
     Returns:
         A :class:`BuildResult`.
 
     Raises:
         RunDirectoryBusyError: another build holds the run directory and ``wait`` is False.
-        FilesystemError: the run directory is not edgecnn's or cannot be created.
+        FilesystemError: the run directory is not edgecnn's or cannot be created, or
+            the shared cache cannot be written.
         EdgecnnError: bad recipe, data or model files.
     """
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides)
     out = claim_output_dir(Path(out_dir) if out_dir else Path("runs") / recipe.name, "run", what="--out",
                            legacy=(STAGE_DIR, "manifest.json"))
+    shared = default_cache() if cache is _DEFAULT_CACHE else cache
+    if shared is not None:
+        shared.open()  # an unwritable cache is one clear line before any work
     progress = progress or Progress()
     with _run_lock(out, wait, progress):
         # Only under the lock: another build's temporaries are not stale while it runs.
         clean_stale_temporaries(out)
         progress.attach_log(out / "logs" / "build.log")
         try:
-            return _run_stages(recipe, out, progress, stages)
+            return _run_stages(recipe, out, progress, stages, shared)
         finally:
             progress.close()
 
@@ -510,11 +556,70 @@ def _checked_outputs(stage: Stage, result: StageResult) -> list[Artifact]:
     return list(result.artifacts)
 
 
-def _run_stages(recipe: Recipe, out: Path, progress: Progress, stages: tuple[Stage, ...] = STAGES) -> BuildResult:
+def _run_stage(stage: Stage, recipe: Recipe, ctx: BuildContext, key: str, in_cache: bool = False) -> dict:
+    """Run ``stage`` and write its record into the run directory; returns the record.
+
+    ``in_cache``: the caller holds the key's shared-cache lock, so the stage's
+    checkpoints go to the cache's ``work/<key>/`` (removed when the entry is published).
+    """
+    out = ctx.out_dir
+    start = time.monotonic()
+    ctx.stage_key, ctx._work_in_cache = key, in_cache
+    try:
+        result = stage.run(recipe, ctx)
+    finally:
+        ctx.stage_key, ctx._work_in_cache = None, False
+    if not in_cache:
+        shutil.rmtree(out / STAGE_DIR / "work" / key, ignore_errors=True)  # finished: checkpoints are spent
+    wall = time.monotonic() - start
+    produced = {}
+    for artifact in _checked_outputs(stage, result):
+        artifact = artifact.hashed(sha256_file(artifact.path))
+        produced[artifact.name] = artifact.to_record(out, path_size(artifact.path))
+    record = {"stage": stage.name, "key": key, "artifacts": produced, "metrics": result.metrics,
+              "wall_s": round(wall, 3), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    write_json_atomic(out / STAGE_DIR / f"{stage.name}.json", record)
+    return record
+
+
+def _from_shared(stage: Stage, key: str, ctx: BuildContext, shared: StageCache) -> dict | None:
+    """The stage's record restored from the shared cache into the run directory, or None.
+
+    Call it holding the key's lock. A corrupt entry (an object that no longer hashes to
+    its name, a malformed record) is discarded with a one-line warning: the stage is rebuilt.
+    """
+    record, problem = shared.lookup(key)
+    if record is not None:
+        problem = _record_problem({k: v for k, v in record.items() if k != "files"}, stage.produces)
+    if problem is not None:
+        ctx.progress.line(f"    warning: shared cache entry {key[:12]} of stage '{stage.name}' is corrupt "
+                          f"({problem}); rebuilding it")
+        shared.discard(key)
+        return None
+    if record is None:
+        return None
+    how = shared.restore(record, ctx.out_dir)
+    local = {k: v for k, v in record.items() if k not in ("files", "stored_at", "cache")}
+    local["cache"] = {"restored_from": str(shared.entry_dir(key)), "files": how}
+    write_json_atomic(ctx.out_dir / STAGE_DIR / f"{stage.name}.json", local)
+    return local
+
+
+def _publish(stage: Stage, key: str, record: dict, ctx: BuildContext, shared: StageCache) -> None:
+    """Store a stage just run in the shared cache."""
+    how = shared.publish(key, {k: v for k, v in record.items() if k != "cache"}, ctx.out_dir)
+    shared.finish_work(key)
+    # Say in the run directory's record whether its files are the cache's (links) or copies.
+    record["cache"] = {"stored_in": str(shared.entry_dir(key)), "files": how}
+    write_json_atomic(ctx.out_dir / STAGE_DIR / f"{stage.name}.json", record)
+
+
+def _run_stages(recipe: Recipe, out: Path, progress: Progress, stages: tuple[Stage, ...] = STAGES,
+                shared: StageCache | None = None) -> BuildResult:
     from edgecnn import recipe as recipe_module
     from edgecnn.report import write_reports
 
-    ctx = BuildContext(recipe, out, progress)
+    ctx = BuildContext(recipe, out, progress, shared)
     content = _ContentHashes.load(out / STAGE_DIR / INPUT_HASHES_FILE)
     plan = planned_stages(recipe, stages)
     timings: list[dict] = []
@@ -532,29 +637,35 @@ def _run_stages(recipe: Recipe, out: Path, progress: Progress, stages: tuple[Sta
         with progress.stage(index, len(plan), stage.name, stage.describe(recipe)) as info:
             start = time.monotonic()
             record = _load_record(out, stage, key, progress)
-            if record is not None:
+            was_run = False
+            use_shared = shared is not None and stage.shared
+            # A run-directory hit touches no shared state: the unchanged rebuild stays fast.
+            if record is None and use_shared:
+                def waiting(holder: str, name: str = stage.name) -> None:
+                    progress.line(f"    waiting for another edgecnn build ({holder}) building stage '{name}' ...")
+
+                with shared.lock(key, on_wait=waiting):
+                    record = _from_shared(stage, key, ctx, shared)
+                    if record is not None:
+                        info["note"] = "restored from the shared cache"
+                    else:
+                        record = _run_stage(stage, recipe, ctx, key, in_cache=True)
+                        was_run = True
+                        _publish(stage, key, record, ctx, shared)
+            elif record is None:
+                record = _run_stage(stage, recipe, ctx, key)
+                was_run = True
+            for item in record["artifacts"].values():
+                ctx.artifacts.add(Artifact.from_record(item, out), stage.name)
+            metrics = record.get("metrics", {})
+            wall = record.get("wall_s", 0.0)
+            if was_run:
+                ran.append(stage.name)
+            else:
                 info["cached"] = True
                 cached.append(stage.name)
-                for item in record["artifacts"].values():
-                    ctx.artifacts.add(Artifact.from_record(item, out), stage.name)
-                metrics = record.get("metrics", {})
-                wall = record.get("wall_s", 0.0)
-            else:
-                result = stage.run(recipe, ctx)
-                wall = time.monotonic() - start
-                metrics = result.metrics
-                produced = {}
-                for artifact in _checked_outputs(stage, result):
-                    artifact = artifact.hashed(sha256_file(artifact.path))
-                    ctx.artifacts.add(artifact, stage.name)
-                    produced[artifact.name] = artifact.to_record(out, path_size(artifact.path))
-                write_json_atomic(out / STAGE_DIR / f"{stage.name}.json", {
-                    "stage": stage.name, "key": key, "artifacts": produced, "metrics": metrics,
-                    "wall_s": round(wall, 3), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                })
-                ran.append(stage.name)
             ctx.metrics[stage.name] = metrics
-            timings.append({"stage": stage.name, "cached": record is not None, "wall_s": round(time.monotonic() - start, 3),
+            timings.append({"stage": stage.name, "cached": not was_run, "wall_s": round(time.monotonic() - start, 3),
                             "compute_wall_s": round(wall, 3)})
             if "accuracy" in metrics:
                 info["note"] = f"test accuracy {metrics['accuracy'] * 100:.2f}%"
