@@ -145,6 +145,9 @@ def build(recipe: str, out_dir: str | None, overrides: tuple[str, ...], quiet: b
     from edgecnn.progress import Progress
 
     result = run_build(recipe, out_dir=out_dir, overrides=overrides, progress=Progress(quiet=quiet), wait=wait)
+    if result.report.get("worker_only"):
+        click.echo(f"run directory: {result.out_dir} (this worker trained; the chief writes the artifacts)")
+        return
     click.echo(f"run directory: {result.out_dir}")
     for model in result.report["models"]:
         if model["kind"] == "tflite":

@@ -61,6 +61,7 @@ from typing import Callable, Iterator
 
 from edgecnn import stages as _stages
 from edgecnn.cache import StageCache, default_cache
+from edgecnn.compress.distribute import WorkerFinished  # no TensorFlow: safe at module level
 from edgecnn.artifacts import Artifact, ArtifactStore, role_matches
 from edgecnn.stages import StageResult
 from edgecnn.errors import DataError, EdgecnnError, ModelFileError
@@ -439,12 +440,16 @@ def _load_record(out_dir: Path, stage: Stage, key: str, progress: Progress | Non
 
 @dataclass
 class BuildResult:
-    """Where a finished build put things."""
+    """Where a finished build put things.
+
+    On a non-chief worker of distributed training the build stops after training: the
+    paths are None and ``report`` is ``{"models": [], "worker_only": True}``.
+    """
 
     out_dir: Path
-    report_path: Path
-    report_md_path: Path
-    manifest_path: Path
+    report_path: Path | None
+    report_md_path: Path | None
+    manifest_path: Path | None
     report: dict
     ran: list[str]
     cached: list[str]
@@ -631,6 +636,25 @@ def _run_stages(recipe: Recipe, out: Path, progress: Progress, stages: tuple[Sta
     for row in inherited:
         progress.line(f"    augmentation inherited through extends: {row['key']} = {json.dumps(row['value'])} "
                       f"(from {row['from']})")
+    try:
+        _run_planned(plan, recipe, ctx, content, shared, timings, ran, cached)
+    except WorkerFinished as done:
+        # A non-chief worker of distributed training: its part is done, the chief writes
+        # the artifacts. No record, and its checkpoints stay for a resume of the cluster.
+        progress.line(f"    {done}: distributed training done on this worker; the chief writes the artifacts")
+        return BuildResult(out, None, None, None, {"models": [], "worker_only": True}, ran, cached)
+    report_paths = write_reports(recipe, ctx, timings, inherited_augmentations=inherited)
+    # No summary here: the result (models, accuracies, report path) is the caller's to
+    # print once -- the CLI prints it as a table -- not a second copy in the progress.
+    progress.line(f"build '{recipe.name}' finished in {progress.elapsed():.1f}s")
+    return BuildResult(out, report_paths["report"], report_paths["report_md"], report_paths["manifest"],
+                       report_paths["data"], ran, cached)
+
+
+def _run_planned(plan: list[Stage], recipe: Recipe, ctx: BuildContext, content: "_ContentHashes",
+                 shared: StageCache | None, timings: list[dict], ran: list[str], cached: list[str]) -> None:
+    """Run or restore each planned stage in order, filling ``timings``, ``ran`` and ``cached``."""
+    out, progress = ctx.out_dir, ctx.progress
     for index, stage in enumerate(plan, start=1):
         key = _stage_key(stage, recipe, ctx, content)
         content.save()
@@ -669,12 +693,6 @@ def _run_stages(recipe: Recipe, out: Path, progress: Progress, stages: tuple[Sta
                             "compute_wall_s": round(wall, 3)})
             if "accuracy" in metrics:
                 info["note"] = f"test accuracy {metrics['accuracy'] * 100:.2f}%"
-    report_paths = write_reports(recipe, ctx, timings, inherited_augmentations=inherited)
-    # No summary here: the result (models, accuracies, report path) is the caller's to
-    # print once -- the CLI prints it as a table -- not a second copy in the progress.
-    progress.line(f"build '{recipe.name}' finished in {progress.elapsed():.1f}s")
-    return BuildResult(out, report_paths["report"], report_paths["report_md"], report_paths["manifest"],
-                       report_paths["data"], ran, cached)
 
 
 __all__ = ["Artifact", "BuildResult", "EdgecnnError", "InputFiles", "RunDirectoryBusyError", "STAGES", "Stage",

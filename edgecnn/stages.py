@@ -57,8 +57,10 @@ def save_keras(model, path: Path) -> Path:
     the weights entry's zip date), so the same weights would get a new sha256 on every
     save and re-run every later stage. The archive is rewritten without either.
     """
+    from edgecnn.models.loading import save_keras_model
+
     with atomic_path(path) as tmp:
-        model.save(tmp)
+        save_keras_model(model, tmp)  # also for tfmot-wrapped models (see edgecnn.models.loading)
         if tmp.is_file():
             _normalize_keras_archive(tmp)
     return path
@@ -209,10 +211,19 @@ def run_teacher(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
         _check_teacher_fits(model, recipe, len(ds.class_names), cfg.path)
         metrics["source"] = str(cfg.path)
     else:
+        from edgecnn.compress.distribute import WorkerFinished, detach_from_strategy, is_chief, make_strategy
+
+        strategy = make_strategy(cfg.train.distribute, timeout_s=cfg.train.distribute_timeout_s)
         _seed_everything(recipe.seed)
-        model = create_teacher(cfg.architecture, _input_shape(recipe), len(ds.class_names), cfg)
+        with strategy.scope():  # variables of the model (and, in fit, the optimizer) are mirrored
+            model = create_teacher(cfg.architecture, _input_shape(recipe), len(ds.class_names), cfg)
         train, val = _train_val_datasets(ctx, cfg.train.batch_size)
-        history = train_classifier(model, train, val, len(ds.x_train), cfg.train, ctx.progress, "teacher")
+        history = train_classifier(model, train, val, len(ds.x_train), cfg.train, ctx.progress, "teacher",
+                                   checkpoint_dir=ctx.checkpoint_dir, checkpoint_key=ctx.stage_key,
+                                   strategy=strategy)
+        model = detach_from_strategy(model, strategy)  # on every worker, before anyone goes on alone
+        if not is_chief(strategy):
+            raise WorkerFinished("teacher")
         _recalibrate(ctx, model)
         metrics.update(train_accuracy=_final(history, "accuracy"), val_accuracy=_final(history, "val_accuracy"),
                        val_accuracy_per_epoch=_rounded(history.get("val_accuracy")))
@@ -227,21 +238,32 @@ def run_student(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
     from edgecnn.compress.train import evaluate_classifier, train_classifier
     from edgecnn.models import create_student
 
+    from edgecnn.compress.distribute import WorkerFinished, detach_from_strategy, is_chief, make_strategy
+
     ds = ctx.dataset
-    _seed_everything(recipe.seed)
-    student = create_student(recipe.student.architecture, _input_shape(recipe), len(ds.class_names), recipe.student)
     train_cfg = recipe.distill.train
-    if recipe.distill.enabled:
-        teacher = load_model(ctx.artifacts.one("model.keras.teacher").path)
+    strategy = make_strategy(train_cfg.distribute, timeout_s=train_cfg.distribute_timeout_s)
+    resume = {"checkpoint_dir": ctx.checkpoint_dir, "checkpoint_key": ctx.stage_key, "strategy": strategy}
+    _seed_everything(recipe.seed)
+    with strategy.scope():  # student and (online) teacher variables are mirrored
+        student = create_student(recipe.student.architecture, _input_shape(recipe), len(ds.class_names),
+                                 recipe.student)
+        teacher = load_model(ctx.artifacts.one("model.keras.teacher").path) if recipe.distill.enabled else None
+    if teacher is not None:
         soft = None
         if recipe.distill.teacher_outputs == "cached":
             ctx.progress.line("    computing teacher logits once (distill.teacher_outputs: cached)")
             soft = precompute_teacher_logits(teacher, _eval_dataset(ctx, ds.x_train, ds.y_train))
         train, val = _train_val_datasets(ctx, train_cfg.batch_size, soft)
-        history = distill_student(student, teacher, train, val, len(ds.x_train), recipe.distill, ctx.progress)
+        history = distill_student(student, teacher, train, val, len(ds.x_train), recipe.distill, ctx.progress,
+                                  **resume)
     else:
         train, val = _train_val_datasets(ctx, train_cfg.batch_size)
-        history = train_classifier(student, train, val, len(ds.x_train), train_cfg, ctx.progress, "student")
+        history = train_classifier(student, train, val, len(ds.x_train), train_cfg, ctx.progress, "student",
+                                   **resume)
+    student = detach_from_strategy(student, strategy)  # on every worker, before anyone goes on alone
+    if not is_chief(strategy):
+        raise WorkerFinished("student")
     _recalibrate(ctx, student)
     metrics = {
         "params": int(student.count_params()),
