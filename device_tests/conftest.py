@@ -10,6 +10,12 @@
     EDGECNN_BENCHMARK_MODEL  optional benchmark_model binary for the phone (else
                              /data/local/tmp/benchmark_model on it)
     EDGECNN_DEVICE_RESULTS   optional .jsonl every result is appended to
+    EDGECNN_BUNDLE           bundle for the verify tests (default runs/quickstart/bundle)
+
+The SSH "devices" on this machine (test_emulated_pi.py) are configured by the device.env
+that ``tools/emulated_pi.sh start`` and ``tools/tflite_runtime_x86.sh start`` write, or by
+EDGECNN_EMULATED_PI_{HOST,IDENTITY,KNOWN_HOSTS,LITERT_PYTHON,TFLITE_PYTHON} and
+EDGECNN_X86_TFLITE_{HOST,IDENTITY,KNOWN_HOSTS,PYTHON} (see device_checks.ssh_device_or_skip).
 """
 
 from __future__ import annotations
