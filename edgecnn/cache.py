@@ -311,14 +311,16 @@ class StageCache:
     def discard(self, key: str) -> None:
         """Remove the entry ``key`` and any of its objects that no longer match their name."""
         entry = self.entry_dir(key)
-        with contextlib.suppress(OSError, ValueError):
+        try:
             record = json.loads((entry / RECORD_FILE).read_text())
-            for listing in record.get("files", {}).values():
-                for row in listing:
-                    obj = self.root / _object_rel(row[1])
-                    with contextlib.suppress(OSError):
-                        if obj.is_file() and sha256_file(obj) != row[1]:
-                            obj.unlink()
+        except (OSError, ValueError):
+            record = None
+        # Shape-safe walk: a record of the wrong shape must still be removed, or it sticks.
+        for digest in self._referenced(record if isinstance(record, dict) else None):
+            obj = self.root / _object_rel(digest)
+            with contextlib.suppress(OSError):
+                if obj.is_file() and sha256_file(obj) != digest:
+                    obj.unlink()
         shutil.rmtree(entry, ignore_errors=True)
 
     def restore(self, record: dict, out_dir: Path) -> str:

@@ -278,3 +278,12 @@ def _inside(exc: OSError, tmp: Path, target: Path) -> OSError:
     except ValueError:
         return _naming(exc, target)
     return OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(target / relative))
+
+
+_JSON_TYPE_NAMES = {dict: "object", list: "list", type(None): "null", str: "string", int: "number",
+                    float: "number", bool: "boolean"}
+
+
+def json_type_name(value: object) -> str:
+    """What a parsed JSON value is, in JSON's words (for "holds a JSON list, not ..." messages)."""
+    return _JSON_TYPE_NAMES.get(type(value), type(value).__name__)

@@ -65,7 +65,8 @@ from edgecnn.compress.distribute import WorkerFinished  # no TensorFlow: safe at
 from edgecnn.artifacts import Artifact, ArtifactStore, role_matches
 from edgecnn.stages import StageResult
 from edgecnn.errors import DataError, EdgecnnError, ModelFileError
-from edgecnn.fileio import claim_output_dir, clean_stale_temporaries, path_size, sha256_file, write_json_atomic
+from edgecnn.fileio import (claim_output_dir, clean_stale_temporaries, json_type_name, path_size, sha256_file,
+                            write_json_atomic)
 from edgecnn.progress import Progress
 from edgecnn.recipe import Recipe, load_recipe
 
@@ -381,7 +382,7 @@ def _record_problem(record: object, produces: tuple[str, ...] = ("*",)) -> str |
     ``"legacy"`` is a record of an edgecnn that kept no artifact roles: a plain cache miss.
     """
     if not isinstance(record, dict):
-        return f"holds a JSON {type(record).__name__}, not a stage record"
+        return f"holds a JSON {json_type_name(record)}, not a stage record"
     if not isinstance(record.get("key"), str):
         return "has no cache key"
     artifacts = record.get("artifacts")

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from edgecnn.errors import RecipeError
+from edgecnn.fileio import json_type_name
 
 
 class _Section(BaseModel):
@@ -288,6 +289,14 @@ class Recipe(_Section):
     def section_hash(self, *sections: str) -> str:
         """sha256 of the named sections' resolved values (the cache key material)."""
         payload = {s: _jsonable(getattr(self, s)) for s in sections}
+        for section in payload.values():
+            # How training is spread over devices, and how long to wait for peers, do not
+            # change what is trained: a teacher trained on one machine serves a cluster build
+            # (and raising the timeout after a failed start resumes, not retrains).
+            train = section.get("train") if isinstance(section, dict) else None
+            if isinstance(train, dict):
+                train.pop("distribute", None)
+                train.pop("distribute_timeout_s", None)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     def to_dict(self) -> dict:
@@ -499,7 +508,7 @@ def _read_yaml(path: Path) -> dict:
     if data is None:
         raise RecipeError(f"{path}: the recipe is empty; start from recipes/quickstart.yaml")
     if not isinstance(data, dict):
-        raise RecipeError(f"{path}: the top level must be a mapping of sections (name:, data:, ...), got {type(data).__name__}")
+        raise RecipeError(f"{path}: the top level must be a mapping of sections (name:, data:, ...), got {json_type_name(data)}")
     return data
 
 
@@ -517,7 +526,7 @@ def _load_with_extends(path: Path, chain: tuple[Path, ...]) -> tuple[dict, _Prov
     if parent is None:
         return data, _Provenance(own)
     if not isinstance(parent, str):
-        raise RecipeError(f"{path}: 'extends' must be a path to another recipe file, got {type(parent).__name__}")
+        raise RecipeError(f"{path}: 'extends' must be a path to another recipe file, got {json_type_name(parent)}")
     parent_path = Path(parent) if Path(parent).is_absolute() else path.parent / parent
     if not parent_path.is_file():
         raise RecipeError(f"{path}: extends '{parent}', which does not exist (looked at {parent_path}); paths are relative to the recipe file")

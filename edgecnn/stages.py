@@ -222,7 +222,9 @@ def run_teacher(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
                                    checkpoint_dir=ctx.checkpoint_dir, checkpoint_key=ctx.stage_key,
                                    strategy=strategy)
         model = detach_from_strategy(model, strategy)  # on every worker, before anyone goes on alone
-        if not is_chief(strategy):
+        if not is_chief(strategy) and recipe.distill.train.distribute != "multi_worker":
+            # The student trains on the chief alone: this worker's part ends here. When the
+            # student is distributed too, every worker goes on (with its own teacher file).
             raise WorkerFinished("teacher")
         _recalibrate(ctx, model)
         metrics.update(train_accuracy=_final(history, "accuracy"), val_accuracy=_final(history, "val_accuracy"),

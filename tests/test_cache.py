@@ -159,14 +159,21 @@ def test_corrupt_object_is_detected_and_rebuilt(recipe_file, tmp_path, private_c
     assert quiet_build(recipe_file, tmp_path / "c", cache)[0].ran == []
 
 
-def test_malformed_entry_record_is_rebuilt(recipe_file, tmp_path, private_cache):
+@pytest.mark.parametrize("junk", ['{"key": 5', "[1, 2, 3]", "null",
+                                  '{"key": "KEY", "artifacts": {}, "files": {"x": 5}}',
+                                  '{"key": "KEY", "artifacts": {}, "files": {"x": [[1]]}}'],
+                         ids=["truncated", "list", "null", "files-not-lists", "short-row"])
+def test_malformed_entry_record_is_rebuilt(recipe_file, tmp_path, private_cache, junk):
+    """Invalid JSON and valid JSON of the wrong shape alike: one warning, rebuilt, then clean."""
     cache = StageCache(private_cache)
     quiet_build(recipe_file, tmp_path / "a", cache)
     key = json.loads((tmp_path / "a" / "stages" / "data.json").read_text())["key"]
-    (private_cache / "entries" / key / "record.json").write_text('{"key": 5')
+    (private_cache / "entries" / key / "record.json").write_text(junk.replace("KEY", key))
     result, printed = quiet_build(recipe_file, tmp_path / "b", cache)
     assert result.ran == ["data"], printed
     assert sum("warning" in ln and "data" in ln for ln in printed.splitlines()) == 1
+    result, printed = quiet_build(recipe_file, tmp_path / "c", cache)  # the bad entry did not stick
+    assert result.ran == [] and "warning" not in printed, printed
 
 
 # ----------------------------------------------------------------------- unwritable cache

@@ -222,6 +222,17 @@ def test_a_damaged_checkpoint_restarts_or_fails_in_one_line(tmp_path, data):
     assert_raised_error(info, ModelFileError, "training checkpoint is damaged", "delete this directory")
 
 
+@pytest.mark.parametrize("junk", ["[1, 2, 3]", "null", '{"format": 1}', '{"weights": "../x", "epoch": 1}'])
+def test_a_checkpoint_record_of_the_wrong_shape_trains_from_the_start(tmp_path, data, junk):
+    """Valid JSON that is no checkpoint record must not stick (an internal error on every re-run)."""
+    cfg = TrainConfig(epochs=1, batch_size=32)
+    (tmp_path / CHECKPOINT_FILE).write_text(junk)
+    result = fit(_tiny(), data["train"], None, loss=CrossEntropy(), cfg=cfg, steps_per_epoch=4,
+                 checkpoint_dir=tmp_path)
+    assert result.initial_epoch == 0
+    assert json.loads((tmp_path / CHECKPOINT_FILE).read_text())["epoch"] == 1  # replaced by a real one
+
+
 def test_optimizer_state_survives_the_checkpoint(tmp_path, data):
     cfg = TrainConfig(epochs=1, batch_size=32)
     fit(_tiny(), data["train"], None, loss=CrossEntropy(), cfg=cfg, steps_per_epoch=4, checkpoint_dir=tmp_path)

@@ -48,7 +48,7 @@ import numpy as np
 
 from edgecnn._tf import keras, tensorflow
 from edgecnn.errors import ModelFileError
-from edgecnn.fileio import make_dirs, write_json_atomic
+from edgecnn.fileio import json_type_name, make_dirs, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +175,19 @@ def _set_rng_state(state: dict) -> None:
     tf.random.get_global_generator().state.assign(np.asarray(state["tf_generator"], dtype=np.int64))
 
 
+
+def _checkpoint_meta_problem(meta) -> str | None:
+    """Why ``checkpoint.json`` cannot be a checkpoint record, or None."""
+    if not isinstance(meta, dict):
+        return f"holds a JSON {json_type_name(meta)}, not a checkpoint record"
+    if not isinstance(meta.get("weights"), str) or "/" in meta["weights"] or meta["weights"].startswith("."):
+        return "names no weights folder"
+    if not isinstance(meta.get("epoch"), int) or not isinstance(meta.get("history"), dict):
+        return "has no epoch count or history"
+    if not isinstance(meta.get("rng"), dict):
+        return "has no RNG state"
+    return None
+
 class _Checkpointer:
     """Reads and writes the per-epoch checkpoint described in the module docstring."""
 
@@ -193,6 +206,10 @@ class _Checkpointer:
             return 0
         except (OSError, ValueError) as exc:
             log.warning("%s: unreadable checkpoint (%s); training from the start", meta_path, exc)
+            return 0
+        problem = _checkpoint_meta_problem(meta)
+        if problem is not None:  # valid JSON of the wrong shape must not stick either
+            log.warning("%s: %s; training from the start", meta_path, problem)
             return 0
         if meta.get("format") != _FORMAT or meta.get("key") != self.key or meta.get("epochs") != self.epochs:
             log.info("%s: checkpoint of another training config; training from the start", meta_path)

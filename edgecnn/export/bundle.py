@@ -43,7 +43,8 @@ from pathlib import Path
 import numpy as np
 
 from edgecnn.errors import DataError, DeviceError, ModelFileError
-from edgecnn.fileio import OWNER_MARKER, claim_output_dir, owned_kind, replace_output_dir, sha256_file
+from edgecnn.fileio import (OWNER_MARKER, claim_output_dir, json_type_name, owned_kind, replace_output_dir,
+                            sha256_file)
 
 __all__ = ["BUNDLE_MANIFEST", "MIN_TOP1_AGREEMENT", "ModelCheck", "OutputComparison", "VerifyReport",
            "check_bundle_files", "compare_outputs", "float_tolerance", "format_verify", "load_bundle_metadata",
@@ -70,9 +71,6 @@ MIN_TOP1_AGREEMENT = 0.9
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
-_JSON_TYPE_NAMES = {list: "list", type(None): "null", str: "string", int: "number", float: "number", bool: "boolean"}
-
-
 def _golden_name(precision: str) -> str:
     return f"golden_{precision}.npz"
 
@@ -85,7 +83,7 @@ def _read_json(path: Path, what: str) -> dict:
     except (OSError, ValueError) as exc:
         raise ModelFileError(f"{path}: unreadable ({exc}); {what}") from None
     if not isinstance(data, dict):
-        raise ModelFileError(f"{path}: holds a JSON {_JSON_TYPE_NAMES.get(type(data), type(data).__name__)}, "
+        raise ModelFileError(f"{path}: holds a JSON {json_type_name(data)}, "
                              f"not an object; {what}")
     return data
 
