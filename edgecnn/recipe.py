@@ -594,7 +594,7 @@ def _fields_at(loc: tuple) -> list[str]:
 
 
 def _explain(exc: ValidationError, source: str) -> str:
-    """One line per problem (usually one), each naming the key path and the fix."""
+    """One line: the file, then each problem (usually one) with its key path and fix, joined by "; "."""
     lines = []
     for err in exc.errors():
         loc = tuple(err["loc"])
@@ -602,20 +602,20 @@ def _explain(exc: ValidationError, source: str) -> str:
         kind = err["type"]
         if kind == "extra_forbidden":
             known = _fields_at(loc[:-1])
-            hint = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.5)
+            hint = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.7)  # 0.5 offered "prune" for "tempreature"
             fix = f"did you mean '{'.'.join([*map(str, loc[:-1]), hint[0]])}'?" if hint else f"allowed here: {', '.join(known)}"
-            lines.append(f"{source}: unknown key '{key}'; {fix}")
+            lines.append(f"unknown key '{key}'; {fix}")
         elif kind == "missing":
-            lines.append(f"{source}: missing required key '{key}'; add it")
+            lines.append(f"missing required key '{key}'; add it")
         elif not loc or kind == "value_error" and isinstance(err.get("input"), dict):
             # model-level checks already name their keys in the message
-            lines.append(f"{source}: {err['msg'].removeprefix('Value error, ')}")
+            lines.append(f"{err['msg'].removeprefix('Value error, ')}")
         else:
             got = err.get("input")
             shown = json.dumps(got, default=str) if not isinstance(got, dict) else "a mapping"
             message = err["msg"].removeprefix("Value error, ")
-            lines.append(f"{source}: '{key}': {message} (got {shown})")
-    return "\n".join(lines)
+            lines.append(f"'{key}': {message} (got {shown})")
+    return f"{source}: " + "; ".join(lines)
 
 
 # --------------------------------------------------------------------------- schema

@@ -183,8 +183,7 @@ _recipe_case("alias-bomb",
              "name: a\nx0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1]\n"
              + "".join(f"x{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 9)),
              "r.yaml")
-_recipe_case("two-unknown-keys", "name: a\nbase: &b {seed: 1}\nother: {<<: [*b, *b, *b]}\n", "base",
-             xfail="edgecnn/recipe.py: several validation errors are joined with newlines (one line per key)")
+_recipe_case("two-unknown-keys", "name: a\nbase: &b {seed: 1}\nother: {<<: [*b, *b, *b]}\n", "base")
 
 
 @case("recipe-not-utf8", RECIPE, "r.yaml")
