@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import write_teacher_path_recipe
 
 from edgecnn import pipeline
 from edgecnn.artifacts import Artifact, ArtifactStore, role_matches
@@ -60,39 +61,6 @@ def run_fake_edgetpu(recipe, ctx) -> StageResult:
 
 EDGETPU = pipeline.Stage("edgetpu", (), ("model.tflite.int8",), ("model.tflite.edgetpu",), run_fake_edgetpu,
                          lambda r: True, lambda r: "fake Edge TPU compile")
-
-
-RECIPE = """\
-name: typed
-seed: 5
-data:
-  train_limit: 100
-  test_limit: 60
-  validation_fraction: 0.0
-  representative_samples: 16
-  augment: {{horizontal_flip: false, translate: 0.0}}
-teacher:
-  path: {teacher}
-student:
-  architecture: mobilenet_v2
-  alpha: 0.35
-distill:
-  teacher_outputs: cached
-  train: {{epochs: 1, batch_size: 50}}
-export: {{formats: [float32]}}
-"""
-
-
-def _save_teacher(path: Path) -> Path:
-    from edgecnn._tf import keras
-
-    k = keras()
-    k.utils.set_random_seed(0)
-    inputs = k.layers.Input((32, 32, 3))
-    x = k.layers.Conv2D(4, 3, strides=4, activation="relu")(inputs)
-    x = k.layers.GlobalAveragePooling2D()(x)
-    k.Model(inputs, k.layers.Dense(10)(x)).save(path)
-    return path
 
 
 # ------------------------------------------------------------------ pure pieces
@@ -190,9 +158,9 @@ def test_typed_records_round_trip_and_bad_ones_are_misses(tmp_path):
 
 @pytest.fixture(scope="module")
 def inserted(tmp_path_factory):
-    work = tmp_path_factory.mktemp("typed")
-    recipe = work / "typed.yaml"
-    recipe.write_text(RECIPE.format(teacher=_save_teacher(work / "teacher.keras")))
+    recipe = write_teacher_path_recipe(tmp_path_factory.mktemp("typed"), "typed", seed=5, test_limit=60,
+                                       tail="export: {formats: [float32]}\n")
+    work = recipe.parent
     table = pipeline.insert_stage(EDGETPU, after="quantize", stages=pipeline.insert_stage(PRUNE, after="student"))
     result = pipeline.build(recipe, out_dir=work / "run", progress=Progress(quiet=True), stages=table)
     return recipe, table, result

@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import assert_one_line_error
-from test_pipeline_cache import RECIPE, STAGES, save_teacher
+from helpers import assert_one_line_error, write_teacher_path_recipe
+from test_pipeline_cache import CACHE_TAIL, STAGES
 
 from edgecnn import pipeline
 from edgecnn.cache import CACHE_ENV, StageCache, cache_root, parse_size
@@ -40,11 +40,8 @@ def private_cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def recipe_file(tmp_path_factory):
-    work = tmp_path_factory.mktemp("shared")
-    teacher = save_teacher(work / "teacher.keras", seed=0)
-    recipe = work / "shared.yaml"
-    recipe.write_text(RECIPE.format(teacher=teacher))
-    return recipe
+    return write_teacher_path_recipe(tmp_path_factory.mktemp("shared"), "cache", seed=3, test_limit=50,
+                                     tail=CACHE_TAIL)
 
 
 def quiet_build(recipe: Path, out: Path, cache: StageCache | None, **kw) -> tuple[pipeline.BuildResult, str]:

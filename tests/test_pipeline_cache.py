@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import assert_one_line_error
+from helpers import assert_one_line_error, save_tiny_teacher, write_teacher_path_recipe
 
 from edgecnn import pipeline
 from edgecnn.errors import FilesystemError
@@ -26,48 +26,16 @@ REPO = Path(__file__).resolve().parents[1]
 EDGECNN = [sys.executable, "-m", "edgecnn.cli"]
 STAGES = ["data", "teacher", "student", "evaluate"]
 
-RECIPE = """\
-name: cache
-seed: 3
-data:
-  train_limit: 100
-  test_limit: 50
-  validation_fraction: 0.0
-  representative_samples: 16
-  augment: {{horizontal_flip: false, translate: 0.0}}
-teacher:
-  path: {teacher}
-student:
-  architecture: mobilenet_v2
-  alpha: 0.35
-distill:
-  teacher_outputs: cached
-  train: {{epochs: 1, batch_size: 50}}
-quantize: {{int8: false}}
-export: {{formats: []}}
-"""
-
-
-def save_teacher(path: Path, seed: int) -> Path:
-    """A tiny 10-class tf_keras model on 32x32x3 inputs; ``seed`` picks its weights."""
-    from edgecnn._tf import keras
-
-    k = keras()
-    k.utils.set_random_seed(seed)
-    inputs = k.layers.Input((32, 32, 3))
-    x = k.layers.Conv2D(4, 3, strides=4, activation="relu")(inputs)
-    x = k.layers.GlobalAveragePooling2D()(x)
-    k.Model(inputs, k.layers.Dense(10)(x)).save(path)
-    return path
+# Only the stages the cache tests need: no TFLite conversion.
+CACHE_TAIL = "quantize: {int8: false}\nexport: {formats: []}\n"
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A finished build: ``(recipe path, run dir, teacher path)``."""
     work = tmp_path_factory.mktemp("cache")
-    teacher = save_teacher(work / "teacher.keras", seed=0)
-    recipe = work / "cache.yaml"
-    recipe.write_text(RECIPE.format(teacher=teacher))
+    recipe = write_teacher_path_recipe(work, "cache", seed=3, test_limit=50, tail=CACHE_TAIL)
+    teacher = work / "teacher.keras"
     out = work / "run"
     result = build(recipe, out_dir=out, progress=Progress(quiet=True))
     assert result.ran == STAGES
@@ -92,7 +60,7 @@ def test_retrained_teacher_at_the_same_path_is_a_new_teacher(run):
     assert rebuild(recipe, out)[0].ran == []
     old_teacher_record = json.loads((out / "stages" / "teacher.json").read_text())
     stat = teacher.stat()
-    save_teacher(teacher, seed=1)  # "retrained": same path, new weights
+    save_tiny_teacher(teacher, seed=1)  # "retrained": same path, new weights
     # Even with size and modification time put back, the content decides.
     os.utime(teacher, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     result, _ = rebuild(recipe, out)
