@@ -29,7 +29,7 @@ from device_checks import env_or_skip
 
 @pytest.fixture(scope="session")
 def pi_target() -> str:
-    from edgecnn.bench.targets import parse_target
+    from edgecnn.targets import parse_target
 
     target = env_or_skip("EDGECNN_PI_HOST", "Raspberry Pi")
     parse_target(target)  # a typo fails here, with the valid forms

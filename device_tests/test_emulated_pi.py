@@ -156,8 +156,8 @@ def test_verify_output_comparison_catches_a_model_with_consistent_hashes(device,
 def test_raw_outputs_stay_within_the_verify_tolerance(device, bundle):
     """The golden inputs run with plain Interpreter calls on the device (not edgecnn's
     runner), compared with the golden outputs here: the figures verify's tolerance rests on."""
-    from edgecnn.export.bundle import MIN_TOP1_AGREEMENT, float_tolerance, tolerance_steps
-    from edgecnn.export.inspect_tflite import inspect_tflite
+    from edgecnn.bundle_layout import MIN_TOP1_AGREEMENT, float_tolerance, tolerance_steps
+    from edgecnn.tflite.reader import inspect_tflite
 
     for entry in _models(bundle):
         model, golden_file = bundle / entry["file"], bundle / entry["golden"]

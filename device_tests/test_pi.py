@@ -42,7 +42,7 @@ def test_pi_verify_passes_for_every_model_of_the_bundle(pi_target, pi_ssh):
     (another CPU and runtime build round some values a few steps apart), top-1 agreeing."""
     from device_checks import quickstart_bundle_or_skip
 
-    from edgecnn.export.bundle import verify_bundle
+    from edgecnn.bench.verify import verify_bundle
 
     bundle = quickstart_bundle_or_skip()
     report = verify_bundle(bundle, target=pi_target, timeout_s=600, ssh=pi_ssh)

@@ -4,9 +4,8 @@ The public surface is small on purpose; everything else is reachable two levels 
 Importing this package does not import TensorFlow.
 """
 
+from edgecnn._version import __version__
 from edgecnn.errors import DataError, EdgecnnError, ModelFileError, RecipeError
-
-__version__ = "0.1.0"
 
 __all__ = ["DataError", "EdgecnnError", "ModelFileError", "Recipe", "RecipeError", "__version__", "build", "load_recipe"]
 

@@ -183,12 +183,12 @@ def validate(recipe: str, overrides: tuple[str, ...], as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def inspect_command(model: str, as_json: bool) -> None:
     """Show a .tflite file's inputs, outputs, quantization, ops and tensor types."""
-    from edgecnn.export.inspect_tflite import format_summary, inspect_tflite, summary_to_dict
+    from edgecnn.tflite.reader import format_summary, inspect_tflite, summary_to_dict
 
     summary = inspect_tflite(model)
     meta = None
     if "TFLITE_METADATA" in summary.metadata_names:
-        from edgecnn.export.metadata import read_metadata
+        from edgecnn.tflite.metadata import read_metadata
 
         meta = read_metadata(model)
     if as_json:
@@ -350,7 +350,7 @@ def verify(bundle_dir: str, target: str, threads: int, timeout_s: float, as_json
            identity: str | None, known_hosts: str | None, accept_new_host_key: bool, connect_timeout: float) -> None:
     """Check BUNDLE_DIR's sha256s, then run its golden inputs on the target and compare with the host's outputs."""
     from edgecnn.errors import DeviceError
-    from edgecnn.export.bundle import format_verify, verify_bundle
+    from edgecnn.bench.verify import format_verify, verify_bundle
 
     ssh = _ssh_settings(remote_python, identity, known_hosts, accept_new_host_key, connect_timeout)
     report = verify_bundle(bundle_dir, target=target, timeout_s=timeout_s, threads=threads, ssh=ssh, exact=exact,

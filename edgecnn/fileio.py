@@ -9,8 +9,9 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Iterator, Mapping
 
 from edgecnn.errors import FilesystemError
 
@@ -177,7 +178,7 @@ def owned_kind(directory: str | os.PathLike) -> str | None:
 
 
 def _write_marker(directory: Path, kind: str) -> None:
-    from edgecnn import __version__
+    from edgecnn._version import __version__
 
     write_json_atomic(directory / OWNER_MARKER, {"created_by": "edgecnn", "kind": kind, "edgecnn": __version__})
 
@@ -287,3 +288,35 @@ _JSON_TYPE_NAMES = {dict: "object", list: "list", type(None): "null", str: "stri
 def json_type_name(value: object) -> str:
     """What a parsed JSON value is, in JSON's words (for "holds a JSON list, not ..." messages)."""
     return _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+# --------------------------------------------------------------- reproducible zip archives
+
+# The earliest date a zip entry can carry (what reproducible-build tools use). Archive
+# members are stamped "now" by default, so the same content would give other bytes and
+# another sha256 -- the cache keys of later stages and the manifests.
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+def reproducible_zip_info(name: str, compress_type: int = zipfile.ZIP_STORED) -> zipfile.ZipInfo:
+    """A zip entry header that depends on ``name`` only: the epoch date, Unix, mode 0644."""
+    info = zipfile.ZipInfo(name, date_time=ZIP_EPOCH)
+    info.create_system = 3  # "Unix" on every OS, so Windows builds give the same bytes
+    info.external_attr = 0o644 << 16
+    info.compress_type = compress_type
+    return info
+
+
+def write_reproducible_npz(target: str | Path | IO[bytes], arrays: Mapping[str, object]) -> None:
+    """``numpy.savez`` (uncompressed, no pickles) with reproducible member headers.
+
+    Args:
+        target: a path (written in place; wrap it in :func:`atomic_path`) or a binary file.
+        arrays: member name (without ``.npy``) -> array, in the order to store them.
+    """
+    import numpy as np
+
+    with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, array in arrays.items():
+            with zf.open(reproducible_zip_info(f"{name}.npy"), "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, np.asanyarray(array), allow_pickle=False)

@@ -352,7 +352,7 @@ class _ContentHashes:
 
 
 def _stage_key(stage: Stage, recipe: Recipe, ctx: BuildContext, content: _ContentHashes) -> str:
-    from edgecnn import __version__
+    from edgecnn._version import __version__
 
     upstream = {a.role: a.sha256 for a in ctx.artifacts.matching(stage.consumes)}
     payload = {

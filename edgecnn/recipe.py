@@ -207,7 +207,7 @@ class BenchTarget(_Section):
     @field_validator("target")
     @classmethod
     def _known_target(cls, v: str) -> str:
-        from edgecnn.bench.targets import parse_target
+        from edgecnn.targets import parse_target
         from edgecnn.errors import DeviceError
 
         try:

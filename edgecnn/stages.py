@@ -70,7 +70,7 @@ def _normalize_keras_archive(path: Path) -> None:
     import json
     import zipfile
 
-    from edgecnn.export.metadata import ZIP_DATE_TIME
+    from edgecnn.fileio import reproducible_zip_info
 
     with zipfile.ZipFile(path) as zf:
         entries = [(info.filename, info.compress_type, zf.read(info)) for info in zf.infolist()]
@@ -80,11 +80,7 @@ def _normalize_keras_archive(path: Path) -> None:
                 meta = json.loads(data)
                 meta.pop("date_saved", None)
                 data = json.dumps(meta).encode()
-            info = zipfile.ZipInfo(name, date_time=ZIP_DATE_TIME)
-            info.create_system = 3  # "Unix" on every OS
-            info.external_attr = 0o644 << 16
-            info.compress_type = compression
-            zf.writestr(info, data)
+            zf.writestr(reproducible_zip_info(name, compression), data)
 
 
 def _eval_dataset(ctx: "BuildContext", x, y):
@@ -136,8 +132,8 @@ def _add_metadata(path: Path, recipe: "Recipe", ctx: "BuildContext") -> Path:
     """Write labels and input normalization into the .tflite (standard TFLite metadata)."""
     import json
 
-    from edgecnn import __version__
-    from edgecnn.export.metadata import write_metadata
+    from edgecnn._version import __version__
+    from edgecnn.tflite.metadata import write_metadata
 
     info = json.loads(ctx.artifacts.one("dataset").path.read_text())
     classes = info["class_names"]
@@ -334,7 +330,7 @@ def run_evaluate(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
     A model for another runtime (an Edge TPU model) is listed with ``status`` "not
     evaluable on this host" and no accuracy; the build goes on.
     """
-    from edgecnn.export.inspect_tflite import inspect_tflite
+    from edgecnn.tflite.reader import inspect_tflite
     from edgecnn.fileio import path_size
     from edgecnn.runtime.interpreter import evaluate_tflite, runtime_name_version
 
@@ -398,7 +394,7 @@ def run_bench(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
 
     from edgecnn.bench.harness import AdbOptions, SshOptions, run_benchmarks
     from edgecnn.bench.schema import append_result, failed_result, model_info
-    from edgecnn.bench.targets import parse_target
+    from edgecnn.targets import parse_target
     from edgecnn.errors import EdgecnnError
 
     ds = ctx.dataset

@@ -134,7 +134,7 @@ def build_tiny_classifier(directory: Path, io_dtype: str = "int8", metadata: boo
         calibration = np.random.RandomState(0).uniform(-1, 1, (32, size, size, channels)).astype(np.float32)
         convert_int8(model, calibration, io_dtype, path)
     if metadata:
-        from edgecnn.export.metadata import write_metadata
+        from edgecnn.tflite.metadata import write_metadata
 
         write_metadata(path, FASHION_LABELS, ([127.5], [127.5]), input_color="RGB" if channels == 3 else "GRAYSCALE",
                        name="tiny", description="test classifier", version="0.0.1", out=path)

@@ -781,7 +781,7 @@ def _write_bundle(folder: Path, model: Path) -> Path:
     """The files ``edgecnn bundle`` writes, for one int8 model (golden outputs from the real runtime)."""
     import numpy as np
 
-    from edgecnn.export.bundle import BUNDLE_SCHEMA
+    from edgecnn.bundle_layout import BUNDLE_SCHEMA
     from edgecnn.runtime.interpreter import input_specs, load_interpreter, quantize_input
 
     folder.mkdir()

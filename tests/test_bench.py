@@ -21,9 +21,11 @@ import numpy as np
 import pytest
 from helpers import assert_one_line_error, assert_raised_error
 
-from edgecnn.bench import runner as rn
-from edgecnn.bench.local import EDGETPU_CUSTOM_OP, RUNNER_PATH, is_edgetpu_model, run_local
-from edgecnn.bench.parsers import (
+from edgecnn.runtime import runner as rn
+from edgecnn.bench.local import run_local
+from edgecnn.runtime import RUNNER_PATH
+from edgecnn.tflite.reader import EDGETPU_CUSTOM_OP, is_edgetpu_model
+from edgecnn.tool_output import (
     parse_benchmark_model,
     parse_byte_size,
     parse_edgetpu_compiler_log,
@@ -40,7 +42,7 @@ from edgecnn.bench.schema import (
     new_result,
     validate_result,
 )
-from edgecnn.bench.targets import parse_target
+from edgecnn.targets import parse_target
 from edgecnn.errors import DeviceError, ModelFileError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,7 +131,7 @@ def test_crashing_runtime_is_reported_with_the_signal(models):
 
 
 def test_edgetpu_model_on_a_cpu_target_is_one_line_device_error(models):
-    from edgecnn.export.inspect_tflite import inspect_tflite
+    from edgecnn.tflite.reader import inspect_tflite
 
     assert is_edgetpu_model(inspect_tflite(models["edgetpu"]))
     assert not is_edgetpu_model(inspect_tflite(models["int8"]))

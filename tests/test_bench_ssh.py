@@ -33,7 +33,7 @@ from edgecnn.bench.ssh import (
     scp_command,
     ssh_command,
 )
-from edgecnn.bench.targets import parse_target
+from edgecnn.targets import parse_target
 from edgecnn.errors import DeviceError
 
 REPO = Path(__file__).resolve().parents[1]

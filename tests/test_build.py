@@ -94,7 +94,7 @@ def test_a_second_build_in_another_process_gives_identical_artifacts(built, tmp_
 
 
 def test_int8_model_has_int8_weights_and_requested_io(built):
-    from edgecnn.export.inspect_tflite import inspect_tflite
+    from edgecnn.tflite.reader import inspect_tflite
 
     _, result = built
     summary = inspect_tflite(result.out_dir / "student_int8.tflite")
@@ -188,7 +188,7 @@ def test_quantize_only_change_reruns_only_quantize_and_evaluate(built):
     for model in ("student_int8.tflite", "student_float32.tflite"):
         assert len([ln for ln in output if model in ln and "%" in ln]) == 1, proc.stdout + proc.stderr
     assert len([ln for ln in output if ln.startswith("report:")]) == 1, proc.stdout + proc.stderr
-    from edgecnn.export.inspect_tflite import inspect_tflite
+    from edgecnn.tflite.reader import inspect_tflite
 
     assert inspect_tflite(result.out_dir / "student_int8.tflite").inputs[0].dtype == "INT8"
 

@@ -21,14 +21,9 @@ import yaml
 
 from edgecnn.data import fashion_mnist
 from edgecnn.errors import FilesystemError, ModelFileError
-from edgecnn.export.bundle import (
-    BUNDLE_MANIFEST,
-    _golden_images,
-    check_bundle_files,
-    tolerance_steps,
-    verify_bundle,
-    write_bundle,
-)
+from edgecnn.bench.verify import check_bundle_files, verify_bundle
+from edgecnn.bundle_layout import BUNDLE_MANIFEST, tolerance_steps
+from edgecnn.export.bundle import _golden_images, write_bundle
 from edgecnn.fileio import OWNER_MARKER, owned_kind, sha256_file
 from edgecnn.recipe import validate_recipe
 from helpers import FASHION_LABELS, TINY_RECIPE, assert_one_line_error, build_tiny_classifier
@@ -209,7 +204,7 @@ def _bump(steps: int, rows):
 
 
 def test_int8_outputs_within_the_tolerance_pass_but_are_not_bit_exact(copy):
-    from edgecnn.export.inspect_tflite import inspect_tflite
+    from edgecnn.tflite.reader import inspect_tflite
 
     check = verify_bundle(copy).models[0]
     steps = check.tolerance_steps
@@ -259,7 +254,7 @@ def test_other_real_kernels_pass_the_tolerance(bundle, kernels):
     """
     from ai_edge_litert import interpreter as litert
 
-    from edgecnn.export.bundle import compare_outputs
+    from edgecnn.bench.verify import compare_outputs
 
     for precision in ("int8", "float32"):
         with np.load(bundle / f"golden_{precision}.npz") as g:

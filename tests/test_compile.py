@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 from helpers import assert_one_line_error
 
-from edgecnn.bench.parsers import parse_edgetpu_compiler_log
+from edgecnn.tool_output import parse_edgetpu_compiler_log
 from edgecnn.export.edgetpu import compile_edgetpu, cpu_fallback_problem, format_compile_summary
 
 REPO = Path(__file__).resolve().parents[1]
@@ -178,7 +178,7 @@ OUTPUTS = ["tiny_int8_edgetpu.json", "tiny_int8_edgetpu.log", "tiny_int8_edgetpu
 
 
 def test_compile_writes_an_edgetpu_model_its_report_and_log(fake_compiler, bench_models, tmp_path):
-    from edgecnn.export.inspect_tflite import inspect_tflite
+    from edgecnn.tflite.reader import inspect_tflite
     from edgecnn.fileio import sha256_file
 
     out = tmp_path / "out"
@@ -257,7 +257,7 @@ def test_compiler_failure_and_compiled_input_are_one_line(fake_compiler, bench_m
 def test_metadata_survives_the_compile(mode, fake_compiler, bench_models, tmp_path, monkeypatch):
     """The source carries labels and normalization. The default fake keeps the TFLITE_METADATA
     entry but loses the packed labels (it re-packs the flatbuffer); strip-metadata drops it all."""
-    from edgecnn.export.metadata import read_metadata, write_metadata
+    from edgecnn.tflite.metadata import read_metadata, write_metadata
 
     source = tmp_path / "labelled_int8.tflite"
     write_metadata(bench_models["int8"], ["left", "middle", "right"], ((0.0,), (255.0,)), input_color="GRAYSCALE",

@@ -163,7 +163,7 @@ def test_demo_runs_with_the_edgetpu_delegate(edgetpu, bench_models, tmp_path, mo
     cv2 = pytest.importorskip("cv2", reason="the demo needs OpenCV (pip install 'edgecnn[demo]')")
     from helpers import toy_band_data
 
-    from edgecnn.export.metadata import write_metadata
+    from edgecnn.tflite.metadata import write_metadata
 
     model = tmp_path / "bands_int8.tflite"
     write_metadata(bench_models["int8"], ["left", "middle", "right"], ((0.0,), (255.0,)), input_color="GRAYSCALE",

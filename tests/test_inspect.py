@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 from edgecnn.errors import DataError, MissingDependencyError, ModelFileError
-from edgecnn.export import inspect_tflite as insp
-from edgecnn.export.inspect_tflite import (
+from edgecnn.tflite import reader as insp
+from edgecnn.tflite.reader import (
     format_summary,
     inspect_tflite,
     inspect_tflite_bytes,
@@ -366,7 +366,7 @@ def test_fuzz_single_byte_mutations(models):
 
 def test_inspect_does_not_import_tensorflow(models):
     code = ("import sys\n"
-            "import edgecnn.export.inspect_tflite as m, edgecnn.runtime.interpreter\n"
+            "import edgecnn.tflite.reader as m, edgecnn.runtime.interpreter\n"
             f"m.inspect_tflite({str(models['int8'])!r})\n"
             "bad = [k for k in sys.modules if k.split('.')[0] in ('tensorflow', 'tf_keras', 'keras')]\n"
             "assert not bad, bad\n")

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgecnn.errors import ModelFileError
-from edgecnn.export.metadata import (
+from edgecnn.tflite.metadata import (
     LABELS_FILE,
     METADATA_NAME,
     _metadata_span,
@@ -100,7 +100,7 @@ def test_rewriting_replaces_labels_and_keeps_one_entry(plain):
     second = write_metadata(first, labels, ([0.0], [255.0]))
     meta = read_metadata(second)
     assert meta["labels"] == labels and meta["mean"] == [0.0] and meta["std"] == [255.0]
-    from edgecnn.export.inspect_tflite import inspect_tflite_bytes
+    from edgecnn.tflite.reader import inspect_tflite_bytes
 
     assert inspect_tflite_bytes(second).metadata_names.count(METADATA_NAME) == 1
     assert abs(len(second) - len(first)) < 256  # the old metadata buffer was replaced, not orphaned

@@ -25,18 +25,11 @@ import yaml
 from helpers import FASHION_LABELS, TINY_RECIPE, build_tiny_classifier
 from test_bench_ssh import _start_sshd, _stop
 
-from edgecnn.bench import runner as rn
+from edgecnn.runtime import runner as rn
 from edgecnn.bench.local import run_local
-from edgecnn.export.bundle import (
-    BUNDLE_MANIFEST,
-    MIN_TOP1_AGREEMENT,
-    compare_outputs,
-    float_tolerance,
-    format_verify,
-    tolerance_steps,
-    verify_bundle,
-    write_bundle,
-)
+from edgecnn.bench.verify import compare_outputs, format_verify, verify_bundle
+from edgecnn.bundle_layout import BUNDLE_MANIFEST, MIN_TOP1_AGREEMENT, float_tolerance, tolerance_steps
+from edgecnn.export.bundle import write_bundle
 from edgecnn.fileio import sha256_file
 from edgecnn.recipe import validate_recipe
 

@@ -97,6 +97,8 @@ shift || true
 case "$cmd" in
   setup) setup_venv; setup_data ;;
   quickstart) setup_venv; setup_data; exec "$VENV/bin/edgecnn" build recipes/quickstart.yaml "$@" ;;
-  test) setup_venv; setup_data; setup_test_tools; exec "$VENV/bin/python" -m pytest -q "$@" ;;
+  # The layer contracts (pyproject.toml [tool.importlinter]) first: a back-edge fails in seconds.
+  test) setup_venv; setup_data; setup_test_tools; "$VENV/bin/lint-imports" --no-cache >&2
+        exec "$VENV/bin/python" -m pytest -q "$@" ;;
   *) echo "usage: bash tools/dev.sh {quickstart|test|setup} [args...]" >&2; exit 2 ;;
 esac

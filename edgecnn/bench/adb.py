@@ -3,7 +3,7 @@
 Python is not on phones, so the device runner is not used here: the TFLite project's own
 ``benchmark_model`` binary (``android_aarch64`` / ``android_arm`` builds, see
 https://ai.google.dev/edge/litert/models/measurement) times the model, and
-:func:`~edgecnn.bench.parsers.parse_benchmark_model` maps its output onto the common
+:func:`~edgecnn.tool_output.parse_benchmark_model` maps its output onto the common
 result schema. Steps, each one ``adb`` call (the real binary, Debian package ``adb``):
 
 1. ``adb devices`` picks the device (``android:SERIAL``, or the only one attached).
@@ -37,10 +37,10 @@ from pathlib import Path
 from typing import Sequence
 
 from edgecnn.bench.local import check_model_for_target
-from edgecnn.bench.parsers import parse_benchmark_model
-from edgecnn.bench.process import ProcessResult, last_line, run_process
+from edgecnn.tool_output import parse_benchmark_model
+from edgecnn.process import ProcessResult, last_line, run_process
 from edgecnn.bench.schema import check_run_settings, failed_result, model_info, new_result, validate_result
-from edgecnn.bench.targets import Target, parse_target
+from edgecnn.targets import Target, parse_target
 from edgecnn.errors import DeviceError
 
 __all__ = ["ANDROID_DELEGATES", "DEVICE_DIR", "DEVICE_BENCHMARK_MODEL", "AdbOptions", "check_adb_options",

@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from edgecnn.bench.adb import AdbOptions
 from edgecnn.bench.ssh import SshOptions
-from edgecnn.bench.targets import Target, parse_target
+from edgecnn.targets import Target, parse_target
 from edgecnn.errors import DeviceError, EdgecnnError
 
 __all__ = ["AdbOptions", "SshOptions", "check_benchmark", "run_benchmark", "run_benchmarks"]
@@ -83,7 +83,7 @@ def run_benchmark(model: str | os.PathLike, target: Target | str = "local", *, t
 
     Args:
         model: the ``.tflite`` file on this host.
-        target: a :class:`Target` or its text (see :mod:`edgecnn.bench.targets`).
+        target: a :class:`Target` or its text (see :mod:`edgecnn.targets`).
         threads: CPU threads for the interpreter.
         runs: timed invokes.
         warmup: untimed invokes after the first.

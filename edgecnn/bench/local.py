@@ -1,6 +1,6 @@
 """Run the device runner on this machine, in a child process with a timeout.
 
-The runner (:mod:`edgecnn.bench.runner`) is started as ``sys.executable runner.py …`` in
+The runner (:mod:`edgecnn.runtime.runner`) is started as ``sys.executable runner.py …`` in
 a new process group (session), so a hung runtime and anything it started can be killed
 together. Whatever happens to the child -- a timeout, a native crash, garbage on stdout
 -- :func:`run_local` returns a result marked failed with the reason; it raises only for
@@ -19,22 +19,16 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from edgecnn.bench.process import drain, kill_group, new_group_kwargs
+from edgecnn.process import drain, kill_group, new_group_kwargs
 from edgecnn.bench.schema import check_run_settings, failed_result, model_info, validate_result
-from edgecnn.bench.targets import Target, parse_target
+from edgecnn.targets import Target, parse_target
 from edgecnn.errors import DeviceError
+from edgecnn.runtime import RUNNER_PATH
+from edgecnn.tflite.reader import EDGETPU_CUSTOM_OP, is_edgetpu_model
 
-__all__ = ["RUNNER_PATH", "EDGETPU_CUSTOM_OP", "check_model_for_target", "is_edgetpu_model", "run_local"]
+__all__ = ["check_model_for_target", "run_local"]
 
-RUNNER_PATH = Path(__file__).with_name("runner.py")
-EDGETPU_CUSTOM_OP = "edgetpu-custom-op"  # same as runner.EDGETPU_CUSTOM_OP (a test checks)
 _STDERR_TAIL = 300
-
-
-def is_edgetpu_model(summary) -> bool:
-    """True when an :func:`~edgecnn.export.inspect_tflite.inspect_tflite` summary shows a
-    model compiled by ``edgetpu_compiler`` (it carries the ``edgetpu-custom-op``)."""
-    return EDGETPU_CUSTOM_OP in summary.custom_ops
 
 
 def check_model_for_target(model: str | os.PathLike, target: Target):
@@ -51,7 +45,7 @@ def check_model_for_target(model: str | os.PathLike, target: Target):
         ModelFileError: the file is missing or not a TFLite model.
         DeviceError: an Edge TPU-compiled model on a target without an Edge TPU.
     """
-    from edgecnn.export.inspect_tflite import inspect_tflite
+    from edgecnn.tflite.reader import inspect_tflite
 
     summary = inspect_tflite(model)
     if is_edgetpu_model(summary) and target.kind != "coral":

@@ -1,7 +1,7 @@
 """The benchmark result schema (host side): build, validate, store and compare results.
 
 A result is a plain JSON object with the fields documented in
-:mod:`edgecnn.bench.runner` (schema ``edgecnn.bench/1``); every target -- local, SSH,
+:mod:`edgecnn.runtime.runner` (schema ``edgecnn.bench/1``); every target -- local, SSH,
 Coral, Android -- produces the same shape. Results that come back from a device are
 untrusted: :func:`validate_result` checks every field's type and range and returns a
 clean copy, so nothing malformed reaches a report or a comparison table.

@@ -48,11 +48,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from edgecnn.bench.local import RUNNER_PATH, check_model_for_target
-from edgecnn.bench.process import ProcessResult, last_line, run_process
+from edgecnn.bench.local import check_model_for_target
+from edgecnn.process import ProcessResult, last_line, run_process
 from edgecnn.bench.schema import check_run_settings, failed_result, model_info, validate_result
-from edgecnn.bench.targets import Target, parse_target
+from edgecnn.targets import Target, parse_target
 from edgecnn.errors import DeviceError
+from edgecnn.runtime import RUNNER_PATH
 
 __all__ = ["SshOptions", "check_ssh_options", "ssh_base_args", "ssh_command", "scp_command",
            "remote_run_script", "explain_ssh_error", "run_ssh"]

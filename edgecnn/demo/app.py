@@ -71,7 +71,7 @@ class DemoModel:
 
 def _model_info(path: Path) -> tuple[list[str], list[float], list[float], str]:
     """(labels, mean, std, source) for ``path``, from the first place that has them."""
-    from edgecnn.export.metadata import has_metadata, read_metadata
+    from edgecnn.tflite.metadata import has_metadata, read_metadata
 
     if has_metadata(path):
         meta = read_metadata(path)

@@ -1,1 +1,4 @@
-"""Export: TFLite conversion, metadata, Edge TPU compile and inspection of .tflite files."""
+"""Export: Keras -> TFLite conversion, Edge TPU compile and deploy bundles.
+
+The TFLite file format itself (reading, metadata) is :mod:`edgecnn.tflite`, below this layer.
+"""

@@ -3,7 +3,7 @@
 The compiler is a closed-source x86-64 Linux binary from the Coral apt repository
 (package ``edgetpu-compiler``); edgecnn never installs it. :func:`compile_edgetpu` runs
 ``edgetpu_compiler -s -o TMPDIR MODEL`` in a temporary folder inside the output folder,
-parses its report with :func:`~edgecnn.bench.parsers.parse_edgetpu_compiler_log`, checks
+parses its report with :func:`~edgecnn.tool_output.parse_edgetpu_compiler_log`, checks
 with the bounded flatbuffer reader that the output really holds the ``edgetpu-custom-op``
 (a compiler that maps nothing, or a stand-in that copies its input, is refused), and
 moves ``<name>_edgetpu.tflite`` (and the compiler's ``<name>_edgetpu.log``) into place
@@ -83,7 +83,7 @@ def cpu_fallback_problem(parsed: dict) -> str | None:
     """Why a compiled model fails ``--fail-on-cpu-ops``, or None when every op is on the TPU.
 
     Args:
-        parsed: from :func:`~edgecnn.bench.parsers.parse_edgetpu_compiler_log`.
+        parsed: from :func:`~edgecnn.tool_output.parse_edgetpu_compiler_log`.
 
     Returns:
         One line naming the operators that fall back to the CPU, with counts and the
@@ -163,10 +163,10 @@ def compile_edgetpu(model: str | os.PathLike, out_dir: str | os.PathLike | None 
         FilesystemError: an output name in ``out_dir`` is taken by a file an earlier
             compile there did not write.
     """
-    from edgecnn.bench.local import is_edgetpu_model
-    from edgecnn.bench.parsers import parse_edgetpu_compiler_log
-    from edgecnn.bench.process import last_line, run_process
-    from edgecnn.export.inspect_tflite import inspect_tflite
+    from edgecnn.tflite.reader import is_edgetpu_model
+    from edgecnn.tool_output import parse_edgetpu_compiler_log
+    from edgecnn.process import last_line, run_process
+    from edgecnn.tflite.reader import inspect_tflite
 
     compiler = find_edgetpu_compiler()
     model = Path(model)
@@ -243,8 +243,8 @@ def _require_edgetpu_op(produced: Path, model: Path, compiler: str, parsed: dict
     file that runs entirely on the CPU; shipping it as ``*_edgetpu.tflite`` would be a lie.
     The message carries the compiler's reasons per operator when it printed them.
     """
-    from edgecnn.bench.local import EDGETPU_CUSTOM_OP, is_edgetpu_model
-    from edgecnn.export.inspect_tflite import inspect_tflite
+    from edgecnn.tflite.reader import EDGETPU_CUSTOM_OP, is_edgetpu_model
+    from edgecnn.tflite.reader import inspect_tflite
 
     try:
         summary = inspect_tflite(produced)
@@ -267,7 +267,7 @@ def _carry_metadata(model: Path, produced: Path) -> None:
     Compilers that re-pack the flatbuffer may keep the ``TFLITE_METADATA`` entry but lose
     the labels packed after it, so "has metadata" is not enough: compare what is read.
     """
-    from edgecnn.export.metadata import copy_metadata, has_metadata, read_metadata
+    from edgecnn.tflite.metadata import copy_metadata, has_metadata, read_metadata
 
     if not has_metadata(model):
         return

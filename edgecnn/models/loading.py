@@ -18,6 +18,7 @@ from typing import Iterator
 
 from edgecnn._tf import keras
 from edgecnn.errors import ModelFileError
+from edgecnn.fileio import reproducible_zip_info, write_reproducible_npz
 from edgecnn.models._common import refuse_keras3_model
 
 
@@ -33,7 +34,6 @@ def tfmot_scopes() -> Iterator[None]:
 
 # A quantization-aware model's weights, in get_weights() order, inside its .keras archive.
 QAT_WEIGHTS_ENTRY = "edgecnn_weights.npz"
-_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
 
 def _has_quantize_wrappers(model) -> bool:
@@ -60,13 +60,9 @@ def save_keras_model(model, path: str | Path) -> Path:
         # An .npz written by hand with fixed dates (np.savez stamps the current time), so
         # the same weights always give the same bytes and the same artifact sha256.
         buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w") as npz:
-            for i, weight in enumerate(model.get_weights()):
-                member = io.BytesIO()
-                np.lib.format.write_array(member, np.asarray(weight), allow_pickle=False)
-                npz.writestr(zipfile.ZipInfo(f"arr_{i}.npy", date_time=_ZIP_DATE), member.getvalue())
+        write_reproducible_npz(buffer, {f"arr_{i}": np.asarray(w) for i, w in enumerate(model.get_weights())})
         with zipfile.ZipFile(path, "a") as zf:
-            zf.writestr(zipfile.ZipInfo(QAT_WEIGHTS_ENTRY, date_time=_ZIP_DATE), buffer.getvalue())
+            zf.writestr(reproducible_zip_info(QAT_WEIGHTS_ENTRY), buffer.getvalue())
     return path
 
 

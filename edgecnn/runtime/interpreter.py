@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edgecnn.bench.runner import quantize_values
+from edgecnn.runtime.runner import quantize_values
 from edgecnn.errors import DataError, DeviceError, MissingDependencyError, ModelFileError
 
 __all__ = [
@@ -102,7 +102,7 @@ def load_delegate(name: str, device: str | None = None):
     """Load a delegate for the runtime :func:`load_interpreter` uses.
 
     The Edge TPU library name per OS and the install hints are the device runner's
-    (:func:`edgecnn.bench.runner.make_delegates`), so the bench, the demo and this layer
+    (:func:`edgecnn.runtime.runner.make_delegates`), so the bench, the demo and this layer
     load ``edgetpu`` the same way: by library name, found by the dynamic linker.
 
     Args:
@@ -118,7 +118,7 @@ def load_delegate(name: str, device: str | None = None):
             accelerator connected); one line with the fix.
         MissingDependencyError: no TFLite runtime is installed.
     """
-    from edgecnn.bench.runner import RunnerFailure, make_delegates
+    from edgecnn.runtime.runner import RunnerFailure, make_delegates
 
     if not name:
         raise ValueError("name the delegate: 'edgetpu' or a library path")
@@ -145,7 +145,7 @@ def load_interpreter(path_or_bytes: str | os.PathLike | bytes | bytearray | memo
         num_threads: CPU threads for the kernels; None leaves the runtime's default.
         delegates: delegate objects (e.g. from ``load_delegate``) applied in order.
         check: first parse the model with
-            :func:`edgecnn.export.inspect_tflite.inspect_tflite`, so that a truncated or
+            :func:`edgecnn.tflite.reader.inspect_tflite`, so that a truncated or
             foreign file fails with a message that says what is wrong (the runtime's
             own verifier only says "not a valid Flatbuffer buffer").
 
@@ -167,7 +167,7 @@ def load_interpreter(path_or_bytes: str | os.PathLike | bytes | bytearray | memo
     if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
         raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
     if check:
-        from edgecnn.export import inspect_tflite as _inspect
+        from edgecnn.tflite import reader as _inspect
 
         if "model_content" in source:
             _inspect.inspect_tflite_bytes(source["model_content"], label=label)
@@ -264,7 +264,7 @@ def quantize_input(x_float: np.ndarray, spec: IoSpec) -> np.ndarray:
     """Convert real values to what the input tensor holds.
 
     Applies edgecnn's one input quantization rule,
-    :func:`edgecnn.bench.runner.quantize_values` (TFLite's reference QUANTIZE kernel:
+    :func:`edgecnn.runtime.runner.quantize_values` (TFLite's reference QUANTIZE kernel:
     float32 ``x / scale``, rounding half away from zero, plus the zero point, clipped to
     the dtype). The device runner, evaluation, ``verify`` and the demo all use it.
 

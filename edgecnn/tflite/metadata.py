@@ -33,12 +33,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgecnn.errors import ModelFileError
+from edgecnn.fileio import reproducible_zip_info
 
 __all__ = ["LABELS_FILE", "METADATA_NAME", "copy_metadata", "has_metadata", "read_metadata", "write_metadata"]
 
 METADATA_NAME = "TFLITE_METADATA"
-# The earliest date a zip entry can carry (what reproducible-build tools use).
-ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)
 METADATA_IDENTIFIER = b"M001"
 MODEL_IDENTIFIER = b"TFL3"
 LABELS_FILE = "labels.txt"
@@ -72,7 +71,7 @@ _META = {
     "Stats": {"max": 0, "min": 1},
     "AssociatedFile": {"name": 0, "description": 1, "type": 2, "locale": 3},
 }
-# The TFLite schema.fbs slots read here (the same ids as edgecnn.export.inspect_tflite).
+# The TFLite schema.fbs slots read here (the same ids as edgecnn.tflite.reader).
 _TFLITE = {
     "Model": {"buffers": 4, "metadata": 6},
     "Metadata": {"name": 0, "buffer": 1},
@@ -236,7 +235,7 @@ def write_metadata(model: str | os.PathLike | bytes, labels: Sequence[str], norm
         ModelFileError: the model is not a TFLite classifier these labels fit.
         ValueError: malformed labels, normalization or color.
     """
-    from edgecnn.export.inspect_tflite import inspect_tflite_bytes
+    from edgecnn.tflite.reader import inspect_tflite_bytes
 
     data, label = _read_source(model)
     summary = inspect_tflite_bytes(data, label=label)
@@ -313,11 +312,7 @@ def _attach(data: bytes, metadata: bytes, files: dict[str, bytes], label: str) -
                 # A fixed date and mode instead of "now": the same model and labels give
                 # the same bytes, so the file's sha256 (the cache key of every later stage
                 # and the manifests) only changes when its content does.
-                info = zipfile.ZipInfo(fname, date_time=ZIP_DATE_TIME)
-                info.create_system = 3  # "Unix" on every OS, so Windows builds match too
-                info.external_attr = 0o644 << 16
-                info.compress_type = zipfile.ZIP_STORED
-                zf.writestr(info, content)
+                zf.writestr(reproducible_zip_info(fname), content)
     return packed.getvalue()
 
 
@@ -559,7 +554,7 @@ def copy_metadata(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
         ModelFileError: ``src`` has no metadata, or ``dst`` has a different number of
             inputs or outputs.
     """
-    from edgecnn.export.inspect_tflite import inspect_tflite_bytes
+    from edgecnn.tflite.reader import inspect_tflite_bytes
     from edgecnn.fileio import write_bytes_atomic
 
     src_data, src_label = _read_source(src)

@@ -36,7 +36,13 @@ __all__ = [
     "inspect_tflite_bytes",
     "format_summary",
     "summary_to_dict",
+    "EDGETPU_CUSTOM_OP",
+    "is_edgetpu_model",
 ]
+
+# The op edgetpu_compiler puts in place of the layers it maps to the Edge TPU. The
+# standalone runner keeps its own copy (it never imports edgecnn; a test checks they agree).
+EDGETPU_CUSTOM_OP = "edgetpu-custom-op"
 
 FILE_IDENTIFIER = b"TFL3"
 
@@ -302,6 +308,12 @@ def inspect_tflite_bytes(data: bytes | bytearray | memoryview | mmap.mmap,
         # malformed file must still surface as ModelFileError, not a traceback.
         raise ModelFileError(f"{label}: malformed flatbuffer ({type(exc).__name__}: {exc}); "
                              f"{_FIX_CORRUPT}") from None
+
+
+def is_edgetpu_model(summary: "TfliteSummary") -> bool:
+    """True when a summary shows a model compiled by ``edgetpu_compiler`` (it carries the
+    ``edgetpu-custom-op``)."""
+    return EDGETPU_CUSTOM_OP in summary.custom_ops
 
 
 def format_summary(summary: TfliteSummary) -> str:
