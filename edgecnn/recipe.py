@@ -177,9 +177,9 @@ class QuantizeConfig(_Section):
 
 
 class ExportConfig(_Section):
-    """Float TFLite export; see edgecnn.export.formats for the table of formats."""
+    """TFLite export; see edgecnn.export.formats for the table of formats."""
 
-    formats: list[Literal["float32", "float16"]] = Field(["float32"], description="Float TFLite flavours to write besides the int8 model.")
+    formats: list[Literal["float32", "float16", "edgetpu"]] = Field(["float32"], description="TFLite flavours to write besides the int8 model: float32, float16, and edgetpu (the int8 model compiled by edgetpu_compiler; skipped with the reason when the compiler is absent).")
     bundle: bool = Field(False, description="Also write a deploy bundle to <run dir>/bundle/: models, labels, golden samples, device runner (see `edgecnn bundle`).")
 
 
