@@ -51,6 +51,8 @@ CACHE_ENV = "EDGECNN_CACHE"
 # Values of EDGECNN_CACHE that turn the shared cache off (builds keep their run-dir cache).
 _OFF = ("off", "none", "0", "false", "no")
 RECORD_FILE = "record.json"
+# locks/<this>: the cache-wide lock on objects/ (a name no 64-hex stage key can take).
+_OBJECTS_LOCK = "objects.lock"
 _CACHEDIR_TAG = ("Signature: 8a477f597d28d172789f06886806bc55\n"
                  "# This file marks the edgecnn stage cache (see https://bford.info/cachedir/).\n")
 # Temporaries younger than this may belong to a build that is still writing them.
@@ -377,29 +379,34 @@ class StageCache:
         Raises:
             FilesystemError: the cache cannot be written (one line, naming the fix).
         """
-        how: set[str] = set()
         try:
-            staging = Path(tempfile.mkdtemp(prefix=f"entry-{key[:12]}-", dir=self.root / "tmp"))
-            try:
-                files: dict[str, list] = {}
-                for name, item in record["artifacts"].items():
-                    path = out_dir / item["path"]
-                    rows = []
-                    for rel, f in _tree_files(path):
-                        sha = item["sha256"] if rel == "" else sha256_file(f)
-                        rows.append([rel, sha, f.stat().st_size, f.stat().st_mode & 0o777])
-                        how.add(self._store_object(f, sha))
-                    files[name] = rows
-                write_json_atomic(staging / RECORD_FILE, {**record, "files": files,
-                                                          "stored_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-                entry = self.entry_dir(key)
-                if entry.exists():  # a corrupt one we replace (we hold the key's lock)
-                    shutil.rmtree(entry)
-                os.replace(staging, entry)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
+            with self._objects_lock(exclusive=False):
+                return self._publish(key, record, out_dir)
         except OSError as exc:
             raise self._unusable(exc) from None
+
+    def _publish(self, key: str, record: dict, out_dir: Path) -> str:
+        # Under the shared objects lock (see publish).
+        how: set[str] = set()
+        staging = Path(tempfile.mkdtemp(prefix=f"entry-{key[:12]}-", dir=self.root / "tmp"))
+        try:
+            files: dict[str, list] = {}
+            for name, item in record["artifacts"].items():
+                path = out_dir / item["path"]
+                rows = []
+                for rel, f in _tree_files(path):
+                    sha = item["sha256"] if rel == "" else sha256_file(f)
+                    rows.append([rel, sha, f.stat().st_size, f.stat().st_mode & 0o777])
+                    how.add(self._store_object(f, sha))
+                files[name] = rows
+            write_json_atomic(staging / RECORD_FILE, {**record, "files": files,
+                                                      "stored_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            entry = self.entry_dir(key)
+            if entry.exists():  # a corrupt one we replace (we hold the key's lock)
+                shutil.rmtree(entry)
+            os.replace(staging, entry)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         return how.pop() if len(how) == 1 else "mixed" if how else "hardlink"
 
     def _store_object(self, source: Path, sha: str) -> str:
@@ -487,19 +494,48 @@ class StageCache:
         info.work_dirs = sum(1 for p in work.iterdir() if p.is_dir()) if work.is_dir() else 0
         return info
 
-    def _busy(self, key: str) -> bool:
-        """Whether a build holds ``key``'s lock now (its entry is being used: leave it)."""
+    @contextlib.contextmanager
+    def _try_lock(self, key: str) -> Iterator[bool]:
+        """Hold ``key``'s lock if no build holds it now; yields whether it was free.
+
+        Held while prune deletes the entry, so a build cannot look it up or restore it
+        halfway through (a build does both under the same lock).
+        """
         import fcntl
 
         path = self.root / "locks" / f"{key}.lock"
-        if not path.exists():
-            return False
-        fd = os.open(path, os.O_RDWR)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return False
-        except BlockingIOError:
-            return True
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            yield False  # the lock cannot even be created: leave the entry alone
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def _objects_lock(self, exclusive: bool) -> Iterator[None]:
+        """The cache-wide lock on ``objects/``: shared while a build publishes an entry
+        (it stores objects, then renames the entry into place), exclusive while prune
+        decides which objects no entry uses and deletes them. Without it, prune could
+        delete an object a build has just stored for an entry not yet visible, or one a
+        build found already there and is about to reference. Publishing takes seconds,
+        so prune waits for it rather than skipping the sweep."""
+        import fcntl
+
+        try:
+            fd = os.open(self.root / "locks" / _OBJECTS_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise self._unusable(exc) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
         finally:
             os.close(fd)
 
@@ -543,22 +579,28 @@ class StageCache:
         if max_bytes is not None:
             while keep and size_of(keep) > max_bytes:
                 doomed.append(keep.pop(0))
-        doomed = [row for row in doomed if not self._busy(row[0])]
-        kept_refs: set[str] = set()
-        for row in self._entries():
-            if row[0] not in {d[0] for d in doomed}:
-                kept_refs |= self._referenced(row[2])
+        removed: set[str] = set()
         for key, entry, record, _used in doomed:
-            result.entries.append(f"{record.get('stage', '?') if record else '(corrupt)'} {key[:12]}")
-            if not dry_run:
-                shutil.rmtree(entry, ignore_errors=True)
-        for sha, st in objects.items():
-            if sha not in kept_refs:
-                result.objects += 1
-                result.freed_bytes += st.st_size if st.st_nlink == 1 else 0
+            with self._try_lock(key) as free:
+                if not free:
+                    continue  # a running build holds it: the entry is in use
+                removed.add(key)
+                result.entries.append(f"{record.get('stage', '?') if record else '(corrupt)'} {key[:12]}")
                 if not dry_run:
-                    with contextlib.suppress(OSError):
-                        (self.root / _object_rel(sha)).unlink()
+                    shutil.rmtree(entry, ignore_errors=True)
+        # Which objects no entry uses is decided and acted on with no publish in flight.
+        with self._objects_lock(exclusive=True):
+            kept_refs: set[str] = set()
+            for row in self._entries():
+                if row[0] not in removed:
+                    kept_refs |= self._referenced(row[2])
+            for sha, st in self._objects().items():
+                if sha not in kept_refs:
+                    result.objects += 1
+                    result.freed_bytes += st.st_size if st.st_nlink == 1 else 0
+                    if not dry_run:
+                        with contextlib.suppress(OSError):
+                            (self.root / _object_rel(sha)).unlink()
         # Scratch of stages nobody is building, and temporaries of killed builds.
         for base, min_age in (("work", older_than_s), ("tmp", _TMP_GRACE_S)):
             folder = self.root / base
@@ -566,8 +608,12 @@ class StageCache:
                 continue
             for p in folder.iterdir():
                 with contextlib.suppress(OSError):
-                    if now - p.lstat().st_mtime > min_age and not (base == "work" and self._busy(p.name)):
-                        result.other += 1
-                        if not dry_run:
-                            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+                    if now - p.lstat().st_mtime <= min_age:
+                        continue
+                    # A stage's scratch goes only while nobody builds that stage.
+                    with self._try_lock(p.name) if base == "work" else contextlib.nullcontext(True) as free:
+                        if free:
+                            result.other += 1
+                            if not dry_run:
+                                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
         return result

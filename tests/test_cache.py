@@ -307,3 +307,61 @@ def test_cache_info_and_prune_commands(recipe_file, tmp_path, private_cache):
     bad = cli("prune", "--max-size", "lots")
     assert bad.returncode == 2 and "not a size" in bad.stderr
     assert (tmp_path / "a" / "student.keras").is_file()
+
+
+# --------------------------------------------------------------------- prune against builds
+
+_HOLD_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_SH if sys.argv[2] == "shared" else fcntl.LOCK_EX)
+print("held", flush=True)
+sys.stdin.read()  # hold it until the test closes stdin
+"""
+
+
+def _publish_one(cache: StageCache, out: Path, key: str, content: bytes) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "m.tflite").write_bytes(content)
+    arts = {"m": {"role": "model.tflite.int8", "kind": "tflite", "path": "m.tflite",
+                  "sha256": sha256_file(out / "m.tflite")}}
+    cache.publish(key, {"stage": "quantize", "key": key, "artifacts": arts, "metrics": {}}, out)
+
+
+def _holder(lock: Path, mode: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(lock), mode], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_prune_keeps_an_entry_a_build_holds_and_waits_for_a_publish_in_flight(tmp_path, private_cache):
+    """Another process holds a stage's lock (a build restoring it) and the objects lock
+    shared (a build publishing): prune must leave that entry and its object, and must not
+    sweep objects until the publish is over."""
+    import threading
+
+    cache = StageCache(private_cache).open()
+    held, free = "a" * 64, "b" * 64
+    _publish_one(cache, tmp_path / "r1", held, b"held model")
+    _publish_one(cache, tmp_path / "r2", free, b"free model")
+    build = _holder(private_cache / "locks" / f"{held}.lock", "exclusive")
+    publisher = _holder(private_cache / "locks" / "objects.lock", "shared")
+    results = []
+    pruner = threading.Thread(target=lambda: results.append(cache.prune(max_bytes=0)))
+    try:
+        pruner.start()
+        pruner.join(1.5)
+        assert pruner.is_alive(), "prune swept objects while a publish was in flight"
+        assert not (private_cache / "entries" / free).exists()  # entries go first, under their own lock
+    finally:
+        publisher.communicate("")
+        pruner.join(30)
+        build.communicate("")
+    assert not pruner.is_alive() and len(results) == 1
+    assert results[0].entries == [f"quantize {free[:12]}"]
+    record, problem = cache.lookup(held)
+    assert problem is None, problem  # the held entry and its object are intact
+    assert cache.restore(record, tmp_path / "again") == "hardlink"
+    assert (tmp_path / "again" / "m.tflite").read_bytes() == b"held model"
+    assert results[0].objects == 1  # the free entry's object only
