@@ -300,4 +300,5 @@ def test_a_build_killed_during_student_training_resumes_at_the_last_finished_epo
     reference = built[1].report
     reference_acc = next(m["accuracy"] for m in reference["models"] if m["name"] == "student")
     assert len(resumed["val_accuracy_per_epoch"]) == 4, "the history carries the epochs before the kill"
+    print(f"accuracy resumed {resumed['accuracy']:.3f} uninterrupted {reference_acc:.3f}")
     assert abs(resumed["accuracy"] - reference_acc) <= 0.10, (resumed["accuracy"], reference_acc)
