@@ -125,7 +125,7 @@ def assert_model_file_error(path: Path, budget_s: float = 1.0) -> str:
 
 def test_schema_field_ids_match_installed_schema():
     schema = pytest.importorskip("ai_edge_litert.schema_py_generated")
-    for kind, fields in insp._SCHEMA.items():
+    for kind, fields in insp.TFLITE_SCHEMA.items():
         cls = getattr(schema, kind)
         for name, fid in fields.items():
             method = getattr(cls, "".join(p.title() for p in name.split("_")))

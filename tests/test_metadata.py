@@ -8,7 +8,9 @@ the runtime still loads the file and computes the same outputs, ``zipfile`` find
 from __future__ import annotations
 
 import io
+import random
 import struct
+import time
 import zipfile
 
 import numpy as np
@@ -19,12 +21,12 @@ from edgecnn.errors import ModelFileError
 from edgecnn.tflite.metadata import (
     LABELS_FILE,
     METADATA_NAME,
-    _metadata_span,
     copy_metadata,
     has_metadata,
     read_metadata,
     write_metadata,
 )
+from edgecnn.tflite.reader import metadata_buffer_span
 from edgecnn.runtime.interpreter import input_specs, load_interpreter, output_specs
 from helpers import FASHION_LABELS, assert_raised_error, build_tiny_classifier
 
@@ -78,7 +80,7 @@ def test_file_is_a_flatbuffer_and_a_zip(plain):
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
         assert zf.namelist() == [LABELS_FILE]
         assert zf.read(LABELS_FILE).decode().splitlines() == list(FASHION_LABELS)
-    start, length = _metadata_span(data)
+    start, length = metadata_buffer_span(data, METADATA_NAME)
     assert data[start + 4:start + 8] == b"M001"  # the ModelMetadata file identifier
 
 
@@ -148,7 +150,7 @@ def test_errors_are_one_line(plain, tmp_path):
 
 def test_truncated_metadata_is_a_model_file_error(plain):
     data = bytearray(write_metadata(plain["int8"], FASHION_LABELS, ([127.5], [127.5])))
-    start, length = _metadata_span(bytes(data))
+    start, length = metadata_buffer_span(bytes(data), METADATA_NAME)
     # Point the metadata's root offset far outside its buffer.
     struct.pack_into("<I", data, start, 10 ** 6)
     with pytest.raises(ModelFileError) as exc:
@@ -163,3 +165,29 @@ def test_grayscale_model_round_trip(tmp_path):
     assert meta["color_space"] == "GRAYSCALE" and meta["mean"] == [0.0] and meta["std"] == [255.0]
     with pytest.raises(ValueError, match="does not fit"):
         write_metadata(path, FASHION_LABELS, ([0.0], [255.0]), input_color="RGB")
+
+
+def test_fuzzed_metadata_is_a_clean_error_or_a_result(plain):
+    """Single-byte mutations of the ModelMetadata flatbuffer: a dict or one ModelFileError line, fast.
+
+    The metadata is read with the same bounded reader as ``edgecnn inspect`` (offset,
+    vtable and vector checks plus the work budget), so no mutation may escape as a
+    traceback or run long.
+    """
+    real = write_metadata(plain["int8"], FASHION_LABELS, ([127.5], [127.5]))
+    start, length = metadata_buffer_span(real, METADATA_NAME)
+    rng = random.Random(11)
+    errors = 0
+    began = time.perf_counter()
+    for _ in range(300):
+        data = bytearray(real)
+        data[start + rng.randrange(length)] = rng.randrange(256)
+        try:
+            meta = read_metadata(bytes(data))
+        except ModelFileError as exc:
+            assert "malformed TFLITE_METADATA" in str(exc) and "\n" not in str(exc), str(exc)
+            errors += 1
+            continue
+        assert isinstance(meta["labels"], list) and isinstance(meta["name"], str)
+    assert errors > 0  # the mutations did reach the reader's checks
+    assert time.perf_counter() - began < 5.0

@@ -14,8 +14,9 @@ classifier and Android Studio's model binding read (tflite-support's
 
 tflite-support, which generated this, is unmaintained and does not install on current
 Pythons, so the few tables needed are written here with the ``flatbuffers`` Builder
-(field slots from ``metadata_schema.fbs``) and read back with a small bounds-checked
-reader. The model itself is re-packed with the object API of
+(field slots from ``metadata_schema.fbs``) and read back with the bounded flatbuffer
+reader of :mod:`edgecnn.tflite.reader`, which also finds the metadata buffer in the
+model. The model itself is re-packed with the object API of
 ``ai_edge_litert.schema_py_generated`` (what ``MetadataPopulator`` does too), keeping
 weight buffers 16-byte aligned as the converter writes them.
 """
@@ -34,6 +35,8 @@ import numpy as np
 
 from edgecnn.errors import ModelFileError
 from edgecnn.fileio import reproducible_zip_info
+from edgecnn.tflite.reader import (UINT8, UINT32, FlatBuffer, MalformedFlatbuffer, Schema, inspect_tflite_bytes,
+                                   metadata_buffer_span)
 
 __all__ = ["LABELS_FILE", "METADATA_NAME", "copy_metadata", "has_metadata", "read_metadata", "write_metadata"]
 
@@ -54,9 +57,9 @@ _OPTIONS_NORMALIZATION = 1  # union ProcessUnitOptions
 # may read weights in place, so a re-packed model keeps that alignment.
 _BUFFER_ALIGN = 16
 
-# Field slots (vtable ids) of metadata_schema.fbs. A union field takes two slots: the
-# ``<name>_type`` byte, then the table offset.
-_META = {
+# Field slots (vtable ids) of metadata_schema.fbs, for the writer and the reader. A union
+# field takes two slots: the ``<name>_type`` byte, then the table offset.
+_META: Schema = {
     "ModelMetadata": {"name": 0, "description": 1, "version": 2, "subgraph_metadata": 3, "author": 4,
                       "license": 5, "associated_files": 6, "min_parser_version": 7},
     "SubGraphMetadata": {"name": 0, "description": 1, "input_tensor_metadata": 2, "output_tensor_metadata": 3,
@@ -71,13 +74,8 @@ _META = {
     "Stats": {"max": 0, "min": 1},
     "AssociatedFile": {"name": 0, "description": 1, "type": 2, "locale": 3},
 }
-# The TFLite schema.fbs slots read here (the same ids as edgecnn.tflite.reader).
-_TFLITE = {
-    "Model": {"buffers": 4, "metadata": 6},
-    "Metadata": {"name": 0, "buffer": 1},
-    "Buffer": {"data": 0, "offset": 1, "size": 2},
-}
-_SCHEMAS = {**_META, **_TFLITE}
+# Means and stds are one per channel; more than this is not an image's normalization.
+_MAX_CHANNELS = 1 << 16
 
 
 # --------------------------------------------------------------------------- writing
@@ -235,8 +233,6 @@ def write_metadata(model: str | os.PathLike | bytes, labels: Sequence[str], norm
         ModelFileError: the model is not a TFLite classifier these labels fit.
         ValueError: malformed labels, normalization or color.
     """
-    from edgecnn.tflite.reader import inspect_tflite_bytes
-
     data, label = _read_source(model)
     summary = inspect_tflite_bytes(data, label=label)
     if len(summary.inputs) != 1 or len(summary.outputs) != 1:
@@ -348,116 +344,13 @@ def _text(value) -> str:
 # --------------------------------------------------------------------------- reading
 
 
-class _Malformed(Exception):
-    pass
-
-
-class _Reader:
-    """Bounds-checked reads of flatbuffer tables (``kind`` names a table in _SCHEMAS)."""
-
-    def __init__(self, data: bytes | memoryview, base: int = 0, end: int | None = None):
-        self.data = data
-        self.base = base
-        self.end = len(data) if end is None else end
-        self.visits = 0
-
-    def u(self, fmt: str, pos: int):
-        size = struct.calcsize(fmt)
-        if pos < self.base or pos + size > self.end:
-            raise _Malformed(f"read at byte {pos} outside [{self.base}, {self.end})")
-        return struct.unpack_from("<" + fmt, self.data, pos)[0]
-
-    def root(self, kind: str) -> "_T":
-        return _T(self, self.base + self.u("I", self.base), kind)
-
-
-class _T:
-    def __init__(self, r: _Reader, pos: int, kind: str):
-        r.visits += 1
-        if r.visits > 100_000:
-            raise _Malformed("too many tables (looping offsets)")
-        self.r, self.pos, self.kind = r, pos, kind
-        self.vt = pos - r.u("i", pos)
-        self.vt_size = r.u("H", self.vt)
-        self.tbl_size = r.u("H", self.vt + 2)
-
-    def _field(self, name: str) -> int:
-        slot = 4 + 2 * _SCHEMAS[self.kind][name]
-        if slot + 2 > self.vt_size:
-            return 0
-        voff = self.r.u("H", self.vt + slot)
-        if voff and voff >= self.tbl_size:
-            raise _Malformed(f"{self.kind}.{name} lies outside its table")
-        return self.pos + voff if voff else 0
-
-    def scalar(self, name: str, fmt: str, default=0):
-        pos = self._field(name)
-        return self.r.u(fmt, pos) if pos else default
-
-    def _target(self, name: str) -> int:
-        pos = self._field(name)
-        return pos + self.r.u("I", pos) if pos else 0
-
-    def table(self, name: str, kind: str) -> "_T | None":
-        target = self._target(name)
-        return _T(self.r, target, kind) if target else None
-
-    def _vector(self, name: str, elem: int) -> tuple[int, int]:
-        target = self._target(name)
-        if not target:
-            return 0, 0
-        count = self.r.u("I", target)
-        if target + 4 + count * elem > self.r.end:
-            raise _Malformed(f"{self.kind}.{name} ({count} elements) runs past the end")
-        return target + 4, count
-
-    def string(self, name: str) -> str:
-        start, count = self._vector(name, 1)
-        return bytes(self.r.data[start:start + count]).decode("utf-8", errors="replace") if count else ""
-
-    def floats(self, name: str) -> tuple[float, ...]:
-        start, count = self._vector(name, 4)
-        return tuple(float(v) for v in struct.unpack_from(f"<{count}f", self.r.data, start)) if count else ()
-
-    def bytes_at(self, name: str) -> tuple[int, int]:
-        return self._vector(name, 1)
-
-    def tables(self, name: str, kind: str) -> list["_T"]:
-        start, count = self._vector(name, 4)
-        return [_T(self.r, start + 4 * i + self.r.u("I", start + 4 * i), kind) for i in range(count)]
-
-
-def _metadata_span(data: bytes) -> tuple[int, int] | None:
-    """(start, length) of the TFLITE_METADATA buffer inside the model, or None."""
-    r = _Reader(data)
-    model = r.root("Model")
-    buffers = None
-    for entry in model.tables("metadata", "Metadata"):
-        if entry.string("name") != METADATA_NAME:
-            continue
-        index = entry.scalar("buffer", "I")
-        buffers = buffers if buffers is not None else model.tables("buffers", "Buffer")
-        if index >= len(buffers):
-            raise _Malformed(f"{METADATA_NAME} refers to buffer {index} of {len(buffers)}")
-        buf = buffers[index]
-        start, count = buf.bytes_at("data")
-        if count:
-            return start, count
-        offset, size = buf.scalar("offset", "Q"), buf.scalar("size", "Q")
-        if offset > 1 and size:  # data stored after the flatbuffer (models over 2 GB)
-            if offset + size > len(data):
-                raise _Malformed("the metadata buffer lies outside the file")
-            return offset, size
-    return None
-
-
 def _parse(data: bytes, label: str) -> tuple[bytes | None, dict[str, bytes]]:
     """(metadata flatbuffer or None, associated files) of a model file's bytes."""
     if len(data) < 8 or data[4:8] != MODEL_IDENTIFIER:
         raise ModelFileError(f"{label}: not a TFLite model (no TFL3 identifier); pass a .tflite file")
     try:
-        span = _metadata_span(data)
-    except (_Malformed, struct.error) as exc:
+        span = metadata_buffer_span(data, METADATA_NAME)
+    except (MalformedFlatbuffer, struct.error) as exc:
         raise ModelFileError(f"{label}: malformed model flatbuffer ({exc}); re-export it") from None
     metadata = data[span[0]:span[0] + span[1]] if span else None
     files: dict[str, bytes] = {}
@@ -500,45 +393,45 @@ def read_metadata(model: str | os.PathLike | bytes) -> dict:
                              "re-export it with edgecnn build, or add it with write_metadata")
     try:
         return _decode(metadata, files)
-    except (_Malformed, struct.error) as exc:
+    except (MalformedFlatbuffer, struct.error) as exc:
         raise ModelFileError(f"{label}: malformed {METADATA_NAME} ({exc}); re-export the model") from None
 
 
 def _decode(metadata: bytes, files: dict[str, bytes]) -> dict:
     if len(metadata) < 8 or metadata[4:8] != METADATA_IDENTIFIER:
-        raise _Malformed("no M001 file identifier")
-    root = _Reader(metadata).root("ModelMetadata")
+        raise MalformedFlatbuffer("no M001 file identifier")
+    root = FlatBuffer(metadata, _META).root("ModelMetadata")
     out: dict = {k: root.string(k) for k in ("name", "description", "version", "author", "license",
                                                "min_parser_version")}
     out.update(labels=[], mean=None, std=None, color_space=None, image_size=None,
                associated_files=sorted(files))
-    subgraphs = root.tables("subgraph_metadata", "SubGraphMetadata")
-    if not subgraphs:
+    sub = next(root.tables("subgraph_metadata", "SubGraphMetadata"), None)
+    if sub is None:
         return out
-    sub = subgraphs[0]
-    inputs = sub.tables("input_tensor_metadata", "TensorMetadata")
-    if inputs:
-        content = inputs[0].table("content", "Content")
-        if content and content.scalar("content_properties_type", "B") == _CONTENT_IMAGE:
+    tensor = next(sub.tables("input_tensor_metadata", "TensorMetadata"), None)
+    if tensor is not None:
+        content = tensor.table("content", "Content")
+        if content and content.scalar("content_properties_type", UINT8) == _CONTENT_IMAGE:
             image = content.table("content_properties", "ImageProperties")
             if image:
-                color = image.scalar("color_space", "B")
+                color = image.scalar("color_space", UINT8)
                 out["color_space"] = {v: k for k, v in COLOR_SPACES.items()}.get(color)
                 size = image.table("default_size", "ImageSize")
                 if size:
-                    out["image_size"] = [size.scalar("width", "I"), size.scalar("height", "I")]
-        for unit in inputs[0].tables("process_units", "ProcessUnit"):
-            if unit.scalar("options_type", "B") == _OPTIONS_NORMALIZATION:
+                    out["image_size"] = [size.scalar("width", UINT32), size.scalar("height", UINT32)]
+        for unit in tensor.tables("process_units", "ProcessUnit"):
+            if unit.scalar("options_type", UINT8) == _OPTIONS_NORMALIZATION:
                 norm = unit.table("options", "NormalizationOptions")
                 if norm:
-                    out["mean"], out["std"] = list(norm.floats("mean")), list(norm.floats("std"))
+                    out["mean"], out["std"] = (list(norm.numbers(k, "f", _MAX_CHANNELS)) for k in ("mean", "std"))
                 break
-    outputs = sub.tables("output_tensor_metadata", "TensorMetadata")
-    for f in (outputs[0].tables("associated_files", "AssociatedFile") if outputs else []):
-        if f.scalar("type", "B") == _TENSOR_AXIS_LABELS:
+    tensor = next(sub.tables("output_tensor_metadata", "TensorMetadata"), None)
+    for f in (tensor.tables("associated_files", "AssociatedFile") if tensor is not None else ()):
+        if f.scalar("type", UINT8) == _TENSOR_AXIS_LABELS:
             content = files.get(f.string("name"))
             if content is None:
-                raise _Malformed(f"the labels file {f.string('name')!r} is declared but not packed in the model")
+                raise MalformedFlatbuffer(f"the labels file {f.string('name')!r} is declared but not packed "
+                                          "in the model")
             out["labels"] = [ln for ln in content.decode("utf-8").splitlines() if ln]
             break
     return out
@@ -554,7 +447,6 @@ def copy_metadata(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
         ModelFileError: ``src`` has no metadata, or ``dst`` has a different number of
             inputs or outputs.
     """
-    from edgecnn.tflite.reader import inspect_tflite_bytes
     from edgecnn.fileio import write_bytes_atomic
 
     src_data, src_label = _read_source(src)

@@ -1,12 +1,14 @@
 """Read the structure of an untrusted ``.tflite`` file, without TensorFlow.
 
 ``edgecnn inspect MODEL.tflite`` uses :func:`inspect_tflite`. The file may come from
-anywhere, so this module parses the TFLite flatbuffer with its own small reader in which
-every offset, vtable and vector is checked against the file length before it is read,
-and the total work is capped by the file size (flatbuffer offsets can be shared, so a
-small hostile file could otherwise describe an enormous structure). Any structural
-problem becomes one :class:`~edgecnn.errors.ModelFileError` line naming the file, what
-is wrong and the fix.
+anywhere, so this module parses flatbuffers with its own small reader
+(:class:`FlatBuffer`, :class:`Table`) in which every offset, vtable and vector is
+checked against the buffer length before it is read, and the total work is capped by
+the size (flatbuffer offsets can be shared, so a small hostile file could otherwise
+describe an enormous structure). Any structural problem becomes one
+:class:`~edgecnn.errors.ModelFileError` line naming the file, what is wrong and the fix.
+The reader is edgecnn's only one: :mod:`edgecnn.tflite.metadata` reads the
+``ModelMetadata`` flatbuffer, and finds it (:func:`metadata_buffer_span`), with it too.
 
 Only the fields this summary needs are read; field ids follow ``schema.fbs`` as shipped
 in ``ai_edge_litert/schema_py_generated.py`` (Model, SubGraph, Tensor, Operator,
@@ -38,6 +40,18 @@ __all__ = [
     "summary_to_dict",
     "EDGETPU_CUSTOM_OP",
     "is_edgetpu_model",
+    "FlatBuffer",
+    "Table",
+    "MalformedFlatbuffer",
+    "Schema",
+    "TFLITE_SCHEMA",
+    "INT8",
+    "UINT8",
+    "UINT16",
+    "INT32",
+    "UINT32",
+    "UINT64",
+    "metadata_buffer_span",
 ]
 
 # The op edgetpu_compiler puts in place of the layers it maps to the Edge TPU. The
@@ -300,8 +314,8 @@ def inspect_tflite_bytes(data: bytes | bytearray | memoryview | mmap.mmap,
     if ident != FILE_IDENTIFIER:
         raise ModelFileError(_wrong_kind_message(label, bytes(data[:8]), ident))
     try:
-        return _summarize(_Buffer(data), label)
-    except _Malformed as exc:
+        return _summarize(FlatBuffer(data, TFLITE_SCHEMA), label)
+    except MalformedFlatbuffer as exc:
         raise ModelFileError(f"{label}: {exc}; {_FIX_CORRUPT}") from None
     except (struct.error, IndexError, OverflowError, ValueError) as exc:
         # The bounds checks should make these unreachable; if a check was missed, a
@@ -393,15 +407,25 @@ def summary_to_dict(summary: TfliteSummary) -> dict:
 
 
 # ------------------------------------------------------------------ flatbuffer reader
+# edgecnn's one flatbuffer reader: the model summary below and edgecnn.tflite.metadata
+# (the ModelMetadata flatbuffer inside a model) both read through FlatBuffer and Table.
 
 
-class _Malformed(Exception):
-    """Internal: the flatbuffer breaks a structural rule; the message says which."""
+class MalformedFlatbuffer(Exception):
+    """The flatbuffer breaks a structural rule; the message says which, and where.
+
+    Not an :class:`~edgecnn.errors.EdgecnnError`: each caller turns it into a
+    :class:`~edgecnn.errors.ModelFileError` that names the file and the fix.
+    """
 
 
-# Field ids (vtable slots) of the schema.fbs tables read here, as in
-# ai_edge_litert/schema_py_generated.py; tests/test_inspect.py checks them against it.
-_SCHEMA = {
+# A flatbuffer schema as the reader needs it: table name -> field name -> field id (the
+# vtable slot; a union field takes two ids, ``<name>_type`` then the table).
+Schema = dict[str, dict[str, int]]
+
+# Field ids of the schema.fbs tables read here, as in ai_edge_litert/schema_py_generated.py;
+# tests/test_inspect.py checks them against it.
+TFLITE_SCHEMA: Schema = {
     "Model": {"version": 0, "operator_codes": 1, "subgraphs": 2, "description": 3,
               "buffers": 4, "metadata": 6, "signature_defs": 7},
     "OperatorCode": {"deprecated_builtin_code": 0, "custom_code": 1, "builtin_code": 3},
@@ -415,16 +439,29 @@ _SCHEMA = {
     "SignatureDef": {"signature_key": 2},
 }
 
-_I8, _U16, _I32, _U32, _U64 = (struct.Struct(f) for f in ("<b", "<H", "<i", "<I", "<Q"))
+# Scalar types for Table.scalar / Table.element (flatbuffers are little-endian).
+INT8, UINT8, UINT16, INT32, UINT32, UINT64 = (
+    struct.Struct(f) for f in ("<b", "<B", "<H", "<i", "<I", "<Q"))
 
 
-class _Buffer:
-    """Bounds-checked little-endian reads from the file, with a work budget."""
+class FlatBuffer:
+    """Bounds-checked little-endian reads of one untrusted flatbuffer, with a work budget.
 
-    __slots__ = ("data", "size", "work", "limit")
+    Every offset, vtable and vector is checked against ``len(data)`` before it is read.
+    Offsets can be shared, so a small hostile buffer could describe an enormous
+    structure: work (tables visited plus vector elements read) is capped at a constant
+    plus half the byte count. Breaking a rule raises :class:`MalformedFlatbuffer`.
 
-    def __init__(self, data):
+    Args:
+        data: the bytes (bytes, bytearray, memoryview or mmap).
+        schema: the field ids of the tables that will be read (e.g. :data:`TFLITE_SCHEMA`).
+    """
+
+    __slots__ = ("data", "schema", "size", "work", "limit")
+
+    def __init__(self, data, schema: Schema):
         self.data = data
+        self.schema = schema
         self.size = len(data)
         self.work = 0
         self.limit = _BUDGET_BASE + self.size // 2
@@ -432,41 +469,42 @@ class _Buffer:
     def charge(self, units: int) -> None:
         self.work += units
         if self.work > self.limit:
-            raise _Malformed("the structure is far larger than the file could hold "
-                             "(offsets are shared or looping)")
+            raise MalformedFlatbuffer("the structure is far larger than the file could hold "
+                                      "(offsets are shared or looping)")
 
     def check(self, pos: int, length: int, what: str) -> None:
         if pos < 0 or length < 0 or pos + length > self.size:
-            raise _Malformed(f"{what} at byte {pos} (+{length}) lies outside the file "
-                             f"({self.size} bytes)")
+            raise MalformedFlatbuffer(f"{what} at byte {pos} (+{length}) lies outside the file "
+                                      f"({self.size} bytes)")
 
     def read(self, st: struct.Struct, pos: int, what: str):
         self.check(pos, st.size, what)
         return st.unpack_from(self.data, pos)[0]
 
-    def root(self) -> "_Table":
-        return _Table(self, self.read(_U32, 0, "root offset"), "Model", _ROOT)
+    def root(self, kind: str) -> "Table":
+        """The root table, of schema table ``kind``."""
+        return Table(self, self.read(UINT32, 0, "root offset"), kind, _ROOT)
 
 
-class _Table:
-    """One flatbuffer table of schema kind ``kind``; its vtable is checked on creation.
+class Table:
+    """One flatbuffer table of schema table ``kind``; its vtable is checked on creation.
 
-    Fields are addressed by their schema.fbs name; ``what`` is the table's path in the
-    model (``subgraphs[0].tensors[3]``) for error messages.
+    Fields are addressed by their schema name; ``what`` is the table's path from the root
+    (``subgraphs[0].tensors[3]``) for error messages.
     """
 
     __slots__ = ("buf", "pos", "kind", "what", "vt", "vt_size", "tbl_size")
 
-    def __init__(self, buf: _Buffer, pos: int, kind: str, what: str):
+    def __init__(self, buf: FlatBuffer, pos: int, kind: str, what: str):
         buf.charge(1)
         self.buf, self.pos, self.kind, self.what = buf, pos, kind, what
-        vt = pos - buf.read(_I32, pos, what)
-        vt_size = buf.read(_U16, vt, f"{what} vtable")
-        tbl_size = buf.read(_U16, vt + 2, f"{what} vtable")
+        vt = pos - buf.read(INT32, pos, what)
+        vt_size = buf.read(UINT16, vt, f"{what} vtable")
+        tbl_size = buf.read(UINT16, vt + 2, f"{what} vtable")
         if vt_size < 4 or vt_size % 2:
-            raise _Malformed(f"{what} has an invalid vtable size {vt_size}")
+            raise MalformedFlatbuffer(f"{what} has an invalid vtable size {vt_size}")
         if tbl_size < 4:
-            raise _Malformed(f"{what} has an invalid table size {tbl_size}")
+            raise MalformedFlatbuffer(f"{what} has an invalid table size {tbl_size}")
         buf.check(vt, vt_size, f"{what} vtable")
         buf.check(pos, tbl_size, what)
         self.vt, self.vt_size, self.tbl_size = vt, vt_size, tbl_size
@@ -476,17 +514,18 @@ class _Table:
 
     def _field(self, name: str, size: int) -> int:
         """Absolute position of field ``name`` (``size`` bytes), or 0 when absent."""
-        slot = 4 + 2 * _SCHEMA[self.kind][name]
+        slot = 4 + 2 * self.buf.schema[self.kind][name]
         if slot + 2 > self.vt_size:
             return 0
-        voff = self.buf.read(_U16, self.vt + slot, f"{self.what} vtable")
+        voff = self.buf.read(UINT16, self.vt + slot, f"{self.what} vtable")
         if voff == 0:
             return 0
         if voff < 4 or voff + size > self.tbl_size:
-            raise _Malformed(f"{self._path(name)} lies outside its table")
+            raise MalformedFlatbuffer(f"{self._path(name)} lies outside its table")
         return self.pos + voff
 
-    def scalar(self, name: str, st: struct.Struct, default):
+    def scalar(self, name: str, st: struct.Struct, default=0):
+        """A scalar field of type ``st`` (e.g. :data:`UINT32`); ``default`` when absent."""
         pos = self._field(name, st.size)
         return st.unpack_from(self.buf.data, pos)[0] if pos else default
 
@@ -495,20 +534,21 @@ class _Table:
         pos = self._field(name, 4)
         if not pos:
             return 0
-        target = pos + _U32.unpack_from(self.buf.data, pos)[0]
+        target = pos + UINT32.unpack_from(self.buf.data, pos)[0]
         self.buf.check(target, 4, self._path(name))
         return target
 
-    def table(self, name: str, kind: str) -> "_Table | None":
+    def table(self, name: str, kind: str) -> "Table | None":
+        """A table field (of schema table ``kind``), or None when absent."""
         target = self._target(name)
-        return _Table(self.buf, target, kind, self._path(name)) if target else None
+        return Table(self.buf, target, kind, self._path(name)) if target else None
 
     def vector(self, name: str, elem_size: int) -> tuple[int, int]:
         """(start, count) of a vector field; (0, 0) when absent."""
         target = self._target(name)
         if not target:
             return 0, 0
-        count = _U32.unpack_from(self.buf.data, target)[0]
+        count = UINT32.unpack_from(self.buf.data, target)[0]
         # Checking the whole extent first stops absurd lengths before any allocation.
         self.buf.check(target + 4, count * elem_size, f"{self._path(name)} ({count:,} elements)")
         return target + 4, count
@@ -517,7 +557,7 @@ class _Table:
         """A scalar vector (struct ``code``) as a tuple, refusing more than ``max_len``."""
         start, count = self.vector(name, struct.calcsize("<" + code))
         if count > max_len:
-            raise _Malformed(f"{self._path(name)} has {count:,} elements (limit {max_len:,})")
+            raise MalformedFlatbuffer(f"{self._path(name)} has {count:,} elements (limit {max_len:,})")
         self.buf.charge(count)
         return struct.unpack_from(f"<{count}{code}", self.buf.data, start) if count else ()
 
@@ -527,30 +567,80 @@ class _Table:
         return st.unpack_from(self.buf.data, start + st.size * index)[0] if index < count else None
 
     def string(self, name: str) -> str:
+        """A string field ("" when absent); undecodable bytes become U+FFFD."""
         start, count = self.vector(name, 1)
         if count > _MAX_STRING:
-            raise _Malformed(f"{self._path(name)} is {count:,} bytes long (limit {_MAX_STRING:,})")
+            raise MalformedFlatbuffer(f"{self._path(name)} is {count:,} bytes long (limit {_MAX_STRING:,})")
         self.buf.charge(count // 64)
         return bytes(self.buf.data[start:start + count]).decode("utf-8", errors="replace")
 
-    def tables(self, name: str, kind: str) -> Iterator["_Table"]:
+    def tables(self, name: str, kind: str) -> Iterator["Table"]:
         """Yield the tables of a vector-of-tables field one at a time (never all at once)."""
         start, count = self.vector(name, 4)
         self.buf.charge(count)
         for i in range(count):
             yield self._element_table(name, kind, start, i)
 
-    def table_at(self, name: str, kind: str, index: int) -> "_Table":
+    def table_at(self, name: str, kind: str, index: int) -> "Table":
         """Table ``index`` of a vector-of-tables field."""
         start, count = self.vector(name, 4)
         if not 0 <= index < count:
-            raise _Malformed(f"{self._path(name)} has no element {index}")
+            raise MalformedFlatbuffer(f"{self._path(name)} has no element {index}")
         return self._element_table(name, kind, start, index)
 
-    def _element_table(self, name: str, kind: str, start: int, index: int) -> "_Table":
+    def _element_table(self, name: str, kind: str, start: int, index: int) -> "Table":
         pos = start + 4 * index
-        return _Table(self.buf, pos + _U32.unpack_from(self.buf.data, pos)[0], kind,
-                      f"{self._path(name)}[{index}]")
+        return Table(self.buf, pos + UINT32.unpack_from(self.buf.data, pos)[0], kind,
+                     f"{self._path(name)}[{index}]")
+
+
+# ------------------------------------------------------------- model buffers by name
+
+
+def metadata_buffer_span(data, name: str) -> tuple[int, int] | None:
+    """Where the model keeps the buffer of its ``Model.metadata`` entry called ``name``.
+
+    Args:
+        data: the model bytes (untrusted; the caller has checked the TFL3 identifier).
+        name: the metadata entry, e.g. ``TFLITE_METADATA``.
+
+    Returns:
+        ``(start, length)`` in ``data`` of the first such entry's non-empty buffer, or
+        None when there is none.
+
+    Raises:
+        MalformedFlatbuffer: the model flatbuffer is malformed.
+    """
+    model = FlatBuffer(data, TFLITE_SCHEMA).root("Model")
+    for entry in model.tables("metadata", "Metadata"):
+        if entry.string("name") == name:
+            start, length, _ = _buffer_extent(_metadata_buffer(model, entry))
+            if length:
+                return start, length
+    return None
+
+
+def _metadata_buffer(model: Table, entry: Table) -> Table:
+    """The Buffer a ``Model.metadata`` entry points at."""
+    index = entry.scalar("buffer", UINT32, 0)
+    _, count = model.vector("buffers", 4)
+    if index >= count:
+        raise MalformedFlatbuffer(f"{entry.what} refers to buffer {index} but the model has {count}")
+    return model.table_at("buffers", "Buffer", index)
+
+
+def _buffer_extent(b: Table) -> tuple[int, int, bool]:
+    """(start, length, stored after the flatbuffer) of a Buffer's bytes in the file."""
+    start, length = b.vector("data", 1)
+    if length:
+        return start, length, False
+    offset, size = b.scalar("offset", UINT64, 0), b.scalar("size", UINT64, 0)
+    # offset 0 means unset and 1 is the converter's placeholder; data lives at
+    # file[offset:offset+size] only beyond that (TFLite's IsValidBufferOffset).
+    if offset > 1 and size:
+        b.buf.check(offset, size, f"{b.what} data (Buffer.offset/size)")
+        return offset, size, True
+    return 0, 0, False
 
 
 # ---------------------------------------------------------------------- the summary
@@ -587,14 +677,14 @@ class _TypeAcc:
     parameter_bytes: int = 0
 
 
-def _summarize(buf: _Buffer, label: str) -> TfliteSummary:
-    model = buf.root()
+def _summarize(buf: FlatBuffer, label: str) -> TfliteSummary:
+    model = buf.root("Model")
 
     # Operator codes: the real code is the larger of the int8 legacy field (capped at
     # 127) and the int32 field added when codes outgrew int8.
     opcodes: list[tuple[int, str]] = []
     for oc in model.tables("operator_codes", "OperatorCode"):
-        code = max(oc.scalar("deprecated_builtin_code", _I8, 0), oc.scalar("builtin_code", _I32, 0))
+        code = max(oc.scalar("deprecated_builtin_code", INT8, 0), oc.scalar("builtin_code", INT32, 0))
         custom = (oc.string("custom_code") or "CUSTOM") if code == _CUSTOM else ""
         opcodes.append((code, custom))
 
@@ -602,15 +692,8 @@ def _summarize(buf: _Buffer, label: str) -> TfliteSummary:
     buffer_bytes: list[int] = []
     offset_buffers = 0
     for b in model.tables("buffers", "Buffer"):
-        _, nbytes = b.vector("data", 1)
-        if not nbytes:
-            offset, size = b.scalar("offset", _U64, 0), b.scalar("size", _U64, 0)
-            # offset 0 means unset and 1 is the converter's placeholder; data lives at
-            # file[offset:offset+size] only beyond that (TFLite's IsValidBufferOffset).
-            if offset > 1 and size:
-                buf.check(offset, size, f"{b.what} data (Buffer.offset/size)")
-                nbytes = size
-                offset_buffers += 1
+        _, nbytes, after_flatbuffer = _buffer_extent(b)
+        offset_buffers += after_flatbuffer
         buffer_bytes.append(nbytes)
 
     op_counts: dict[str, int] = {}
@@ -627,11 +710,11 @@ def _summarize(buf: _Buffer, label: str) -> TfliteSummary:
         tensor_type: list[str] = []
         tensor_const: list[bool] = []
         for t in g.tables("tensors", "Tensor"):
-            dtype = _type_name(t.scalar("type", _I8, 0))
-            bidx = t.scalar("buffer", _U32, 0)
+            dtype = _type_name(t.scalar("type", INT8, 0))
+            bidx = t.scalar("buffer", UINT32, 0)
             if bidx >= len(buffer_bytes) and bidx != 0:
-                raise _Malformed(f"{t.what} uses buffer {bidx} but the model has "
-                                 f"{len(buffer_bytes)} buffers")
+                raise MalformedFlatbuffer(f"{t.what} uses buffer {bidx} but the model has "
+                                          f"{len(buffer_bytes)} buffers")
             # Buffer 0 is the schema's always-empty sentinel.
             is_const = bidx != 0 and buffer_bytes[bidx] > 0
             acc = types.setdefault(dtype, _TypeAcc())
@@ -653,21 +736,21 @@ def _summarize(buf: _Buffer, label: str) -> TfliteSummary:
         nops = 0
         for op in g.tables("operators", "Operator"):
             nops += 1
-            oi = op.scalar("opcode_index", _U32, 0)
+            oi = op.scalar("opcode_index", UINT32, 0)
             if oi >= len(opcodes):
-                raise _Malformed(f"{op.what} uses operator code {oi} but the model has "
-                                 f"{len(opcodes)}")
+                raise MalformedFlatbuffer(f"{op.what} uses operator code {oi} but the model has "
+                                          f"{len(opcodes)}")
             code, custom = opcodes[oi]
             name = custom or _op_name(code)
             if custom:
                 custom_ops.add(custom)
             op_counts[name] = op_counts.get(name, 0) + 1
             if code in _WEIGHT_OP_CODES:
-                w = op.element("inputs", _I32, 1)
+                w = op.element("inputs", INT32, 1)
                 if w is not None and w >= 0:  # -1 marks an omitted optional input
                     weight_inputs.append(_check_index(w, ntensors, f"{op.what}.inputs"))
             elif code == _DEQUANTIZE:
-                src, dst = op.element("inputs", _I32, 0), op.element("outputs", _I32, 0)
+                src, dst = op.element("inputs", INT32, 0), op.element("outputs", INT32, 0)
                 if src is not None and dst is not None and src >= 0 and dst >= 0:
                     dequantized[_check_index(dst, ntensors, f"{op.what}.outputs")] = \
                         _check_index(src, ntensors, f"{op.what}.inputs")
@@ -684,14 +767,14 @@ def _summarize(buf: _Buffer, label: str) -> TfliteSummary:
             outputs = _io_tensors(g, "outputs", tensor_pos, tensor_type)
 
     if not subgraphs:
-        raise _Malformed("the model has no subgraphs")
+        raise MalformedFlatbuffer("the model has no subgraphs")
 
     metadata_names: list[str] = []
     min_runtime = None
     for m in model.tables("metadata", "Metadata"):
         metadata_names.append(m.string("name"))
         if metadata_names[-1] == "min_runtime_version":
-            min_runtime = _small_buffer_text(model, m.scalar("buffer", _U32, 0), len(buffer_bytes))
+            min_runtime = _small_buffer_text(_metadata_buffer(model, m))
 
     signature_keys = tuple(s.string("signature_key")
                            for s in model.tables("signature_defs", "SignatureDef"))
@@ -703,7 +786,7 @@ def _summarize(buf: _Buffer, label: str) -> TfliteSummary:
     return TfliteSummary(
         path=label,
         file_size=buf.size,
-        schema_version=model.scalar("version", _U32, 0),
+        schema_version=model.scalar("version", UINT32, 0),
         description=model.string("description"),
         subgraphs=tuple(subgraphs),
         inputs=inputs,
@@ -723,11 +806,11 @@ def _summarize(buf: _Buffer, label: str) -> TfliteSummary:
 
 def _check_index(index: int, count: int, what: str) -> int:
     if not 0 <= index < count:
-        raise _Malformed(f"{what} refers to tensor {index} but the subgraph has {count} tensors")
+        raise MalformedFlatbuffer(f"{what} refers to tensor {index} but the subgraph has {count} tensors")
     return index
 
 
-def _element_count(t: _Table, dtype: str, nbytes: int) -> int:
+def _element_count(t: Table, dtype: str, nbytes: int) -> int:
     """Elements in a constant tensor: its shape's product, else bytes / item size."""
     shape = t.numbers("shape", "i", _MAX_RANK)
     if all(d >= 0 for d in shape):
@@ -735,12 +818,12 @@ def _element_count(t: _Table, dtype: str, nbytes: int) -> int:
     return nbytes // _ITEMSIZE.get(dtype, 1)
 
 
-def _io_tensors(g: _Table, which: str, tensor_pos: list[int],
+def _io_tensors(g: Table, which: str, tensor_pos: list[int],
                 tensor_type: list[str]) -> tuple[TensorSummary, ...]:
     out = []
     for i in g.numbers(which, "i", len(tensor_pos)):
         _check_index(i, len(tensor_pos), f"{g.what}.{which}")
-        t = _Table(g.buf, tensor_pos[i], "Tensor", f"{g.what}.tensors[{i}]")
+        t = Table(g.buf, tensor_pos[i], "Tensor", f"{g.what}.tensors[{i}]")
         shape = t.numbers("shape", "i", _MAX_RANK)
         signature = t.numbers("shape_signature", "i", _MAX_RANK) or shape
         scales: tuple = ()
@@ -750,7 +833,7 @@ def _io_tensors(g: _Table, which: str, tensor_pos: list[int],
         if q is not None:
             scales = q.numbers("scale", "f", _MAX_QUANT_PARAMS)
             zero_points = q.numbers("zero_point", "q", _MAX_QUANT_PARAMS)
-            qdim = q.scalar("quantized_dimension", _I32, 0)
+            qdim = q.scalar("quantized_dimension", INT32, 0)
         out.append(TensorSummary(
             index=i, name=t.string("name"), shape=tuple(shape), shape_signature=tuple(signature),
             dtype=tensor_type[i], scales=tuple(scales), zero_points=tuple(zero_points),
@@ -758,13 +841,10 @@ def _io_tensors(g: _Table, which: str, tensor_pos: list[int],
     return tuple(out)
 
 
-def _small_buffer_text(model: _Table, index: int, nbuffers: int) -> str | None:
+def _small_buffer_text(b: Table) -> str | None:
     """Text of a short metadata buffer such as ``min_runtime_version``."""
-    if not 0 < index < nbuffers:
-        raise _Malformed(f"metadata refers to buffer {index} but the model has {nbuffers}")
-    b = model.table_at("buffers", "Buffer", index)
-    start, count = b.vector("data", 1)
-    raw = bytes(b.buf.data[start:start + min(count, 64)])
+    start, length, _ = _buffer_extent(b)
+    raw = bytes(b.buf.data[start:start + min(length, 64)])
     return raw.split(b"\0", 1)[0].decode("ascii", errors="replace") or None
 
 
