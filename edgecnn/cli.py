@@ -1,5 +1,9 @@
 """The ``edgecnn`` command: parse arguments, call the library, print. No logic lives here.
 
+Strings become typed values here, once: a ``--target`` is a
+:class:`~edgecnn.targets.Target` (:class:`TargetParam`), a file or folder argument a
+:class:`~pathlib.Path`; the library takes those and never parses them again.
+
 Module-level imports are kept to click and the standard library so ``edgecnn --help``
 and ``edgecnn validate`` never import TensorFlow.
 """
@@ -9,10 +13,12 @@ from __future__ import annotations
 import json
 import sys
 import traceback
+from pathlib import Path
 
 import click
 
-from edgecnn.errors import EdgecnnError, FilesystemError
+from edgecnn.errors import DeviceError, EdgecnnError, FilesystemError
+from edgecnn.targets import Target, parse_target
 
 # errno name -> what a person should do about it.
 _OS_ERROR_FIXES = {
@@ -96,13 +102,40 @@ def main(debug: bool, verbose: bool) -> None:
         os.environ["EDGECNN_VERBOSE"] = "1"
 
 
+class BadTargetError(click.BadParameter):
+    """A ``--target`` that does not parse: a usage error naming the option, with the exit
+    code of every other target problem (5, :class:`~edgecnn.errors.DeviceError`)."""
+
+    exit_code = DeviceError.exit_code
+
+
+class TargetParam(click.ParamType):
+    """A ``--target`` option: the text is parsed here into a :class:`~edgecnn.targets.Target`
+    (:func:`~edgecnn.targets.parse_target`), so the library gets the parsed target and a
+    typo fails before anything else is opened or run."""
+
+    name = "target"
+
+    def convert(self, value, param, ctx) -> Target:
+        if isinstance(value, Target):
+            return value
+        try:
+            return parse_target(value)
+        except DeviceError as exc:
+            raise BadTargetError(str(exc), ctx=ctx, param=param) from None
+
+
+TARGET = TargetParam()
+
+
 def _ssh_options(command):
     """The SSH connection options bench and verify share (one definition, same help)."""
     options = [
         click.option("--remote-python", default="python3", show_default=True,
                      help="ssh targets: the device's Python (a name on its PATH, or e.g. ~/venv/bin/python)."),
-        click.option("--identity", type=click.Path(dir_okay=False), help="ssh targets: private key file (ssh -i)."),
-        click.option("--known-hosts", type=click.Path(dir_okay=False),
+        click.option("--identity", type=click.Path(dir_okay=False, path_type=Path),
+                     help="ssh targets: private key file (ssh -i)."),
+        click.option("--known-hosts", type=click.Path(dir_okay=False, path_type=Path),
                      help="ssh targets: known-hosts file to check host keys in (default ~/.ssh/known_hosts)."),
         click.option("--accept-new-host-key", is_flag=True,
                      help="ssh targets: trust and record the key of a host never seen before (a changed key is "
@@ -115,14 +148,11 @@ def _ssh_options(command):
     return command
 
 
-def _ssh_settings(remote_python: str, identity: str | None, known_hosts: str | None, accept_new_host_key: bool,
+def _ssh_settings(remote_python: str, identity: Path | None, known_hosts: Path | None, accept_new_host_key: bool,
                   connect_timeout: float):
-    from pathlib import Path
-
     from edgecnn.bench.harness import SshOptions
 
-    return SshOptions(remote_python=remote_python, identity=Path(identity) if identity else None,
-                      known_hosts=Path(known_hosts) if known_hosts else None,
+    return SshOptions(remote_python=remote_python, identity=identity, known_hosts=known_hosts,
                       accept_new_host_key=accept_new_host_key, connect_timeout_s=connect_timeout)
 
 
@@ -234,8 +264,8 @@ def list_models() -> None:
 
 
 @main.command("bench")
-@click.argument("model", required=False, type=click.Path(dir_okay=False))
-@click.option("--target", "targets", multiple=True, default=("local",), show_default=True,
+@click.argument("model", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--target", "targets", type=TARGET, multiple=True, default=("local",), show_default=True,
               help="local, ssh://user@host[:port], coral[:usb|:pci][:N] or android[:SERIAL]; repeat to "
                    "benchmark on several targets in one go.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="CPU threads.")
@@ -244,31 +274,29 @@ def list_models() -> None:
               help="Untimed inferences before timing.")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=300.0,
               show_default=True, help="Seconds before the benchmark process is killed (per target).")
-@click.option("--inputs", "inputs_npz", type=click.Path(dir_okay=False),
+@click.option("--inputs", "inputs_npz", type=click.Path(dir_okay=False, path_type=Path),
               help=".npz with x (and y labels): device-side outputs checksum and accuracy.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (a list for several targets).")
-@click.option("--out", "out_path", type=click.Path(),
+@click.option("--out", "out_path", type=click.Path(path_type=Path),
               help="Append each result to this run directory (bench.jsonl) or .jsonl file.")
 @click.option("--compare", "compare_paths", nargs=2, type=click.Path(dir_okay=False), metavar="A B",
               help="Compare two saved results (the last one in each file) instead of running.")
 @_ssh_options
-@click.option("--benchmark-binary", type=click.Path(dir_okay=False),
+@click.option("--benchmark-binary", type=click.Path(dir_okay=False, path_type=Path),
               help="android targets: TFLite benchmark_model for the phone (else /data/local/tmp/benchmark_model).")
 @click.option("--android-delegate", type=click.Choice(["none", "xnnpack", "gpu", "nnapi"]), default="none",
               show_default=True, help="android targets: benchmark_model delegate.")
 @click.option("--debug-hang-target", "hang_targets", multiple=True, hidden=True)  # test hook: runner sleeps
-def bench(model: str | None, targets: tuple[str, ...], threads: int, runs: int, warmup: int, timeout_s: float,
-          inputs_npz: str | None, as_json: bool, out_path: str | None, compare_paths: tuple[str, ...],
-          remote_python: str, identity: str | None, known_hosts: str | None, accept_new_host_key: bool,
-          connect_timeout: float, benchmark_binary: str | None, android_delegate: str,
+def bench(model: Path | None, targets: tuple[Target, ...], threads: int, runs: int, warmup: int, timeout_s: float,
+          inputs_npz: Path | None, as_json: bool, out_path: Path | None, compare_paths: tuple[str, ...],
+          remote_python: str, identity: Path | None, known_hosts: Path | None, accept_new_host_key: bool,
+          connect_timeout: float, benchmark_binary: Path | None, android_delegate: str,
           hang_targets: tuple[str, ...]) -> None:
     """Benchmark MODEL.tflite on one or more targets: latency, init, memory, device-side accuracy.
 
     Every target is checked before the first runs; a target that fails on the device is
     reported and the next one still runs. The exit code is non-zero when any failed.
     """
-    from edgecnn.errors import DeviceError
-
     if compare_paths:
         from edgecnn.bench.schema import compare, format_compare, load_results
 
@@ -281,14 +309,11 @@ def bench(model: str | None, targets: tuple[str, ...], threads: int, runs: int, 
         return
     if model is None:
         raise click.UsageError("give MODEL.tflite to benchmark, or --compare A.json B.json")
-    from pathlib import Path
-
     from edgecnn.bench.harness import AdbOptions, run_benchmarks
     from edgecnn.bench.schema import append_result, format_result
 
     ssh = _ssh_settings(remote_python, identity, known_hosts, accept_new_host_key, connect_timeout)
-    adb = AdbOptions(benchmark_binary=Path(benchmark_binary) if benchmark_binary else None,
-                     delegate=android_delegate)
+    adb = AdbOptions(benchmark_binary=benchmark_binary, delegate=android_delegate)
 
     if out_path:
         from edgecnn.bench.schema import check_results_target
@@ -331,8 +356,9 @@ def bundle(run_dir: str, out_dir: str, force: bool, which: str, samples: int) ->
 
 
 @main.command("verify")
-@click.argument("bundle_dir", type=click.Path(file_okay=False))
-@click.option("--target", default="local", show_default=True, help="Where to run the golden inputs: local, coral[:usb|:pci] or ssh://user@host[:port].")
+@click.argument("bundle_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--target", type=TARGET, default="local", show_default=True,
+              help="Where to run the golden inputs: local, coral[:usb|:pci] or ssh://user@host[:port].")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Interpreter threads.")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=300.0, show_default=True,
               help="Seconds before a runner process is killed.")
@@ -345,11 +371,10 @@ def bundle(run_dir: str, out_dir: str, force: bool, which: str, samples: int) ->
 @click.option("--min-top1", type=click.FloatRange(min=0, max=1), default=0.9, show_default=True,
               help="Least share of golden samples whose top-1 class must agree with the host's.")
 @_ssh_options
-def verify(bundle_dir: str, target: str, threads: int, timeout_s: float, as_json: bool, exact: bool,
+def verify(bundle_dir: Path, target: Target, threads: int, timeout_s: float, as_json: bool, exact: bool,
            tolerance_steps: int | None, float_tolerance: float | None, min_top1: float, remote_python: str,
-           identity: str | None, known_hosts: str | None, accept_new_host_key: bool, connect_timeout: float) -> None:
+           identity: Path | None, known_hosts: Path | None, accept_new_host_key: bool, connect_timeout: float) -> None:
     """Check BUNDLE_DIR's sha256s, then run its golden inputs on the target and compare with the host's outputs."""
-    from edgecnn.errors import DeviceError
     from edgecnn.bench.verify import format_verify, verify_bundle
 
     ssh = _ssh_settings(remote_python, identity, known_hosts, accept_new_host_key, connect_timeout)

@@ -10,6 +10,12 @@ Valid forms::
 Target text ends up on command lines of ssh and adb, so every part is checked against a
 strict character set here, and nothing may start with ``-`` (it would be read as an
 option).
+
+A target string is parsed once, where it enters: the CLI's ``--target`` type, the recipe's
+``bench`` section, or the public entry points that also take text for Python callers
+(:func:`~edgecnn.bench.harness.run_benchmark`, :func:`~edgecnn.bench.harness.run_benchmarks`,
+:func:`~edgecnn.bench.verify.verify_bundle`). Everything below them takes a
+:class:`Target` (see :func:`require_target`).
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from urllib.parse import urlsplit
 
 from edgecnn.errors import DeviceError
 
-__all__ = ["Target", "TargetKind", "TARGET_KINDS", "parse_target", "target_forms", "get_target_kind"]
+__all__ = ["Target", "TargetKind", "TARGET_KINDS", "parse_target", "require_target", "target_forms",
+           "get_target_kind"]
 
 
 @dataclass(frozen=True)
@@ -175,6 +182,18 @@ def parse_target(text: str) -> Target:
             except ValueError as exc:
                 raise DeviceError(f"bad {kind.name} target {shown!r}: {exc}; form: {kind.form}") from None
     raise DeviceError(f"unknown target {shown!r}; valid forms: {target_forms()}{_suggest(kind_name)}")
+
+
+def require_target(value: object, caller: str) -> Target:
+    """``value`` when it is a :class:`Target`; else a ``TypeError`` naming ``caller`` and the fix.
+
+    Functions below the entry points take parsed targets only, so text is never parsed
+    twice on one call path; a string reaching them is a programming error, not bad input.
+    """
+    if isinstance(value, Target):
+        return value
+    raise TypeError(f"{caller} takes a Target, not {type(value).__name__} {value!r}; "
+                    f"parse the text once with edgecnn.targets.parse_target")
 
 
 def _suggest(word: str) -> str:

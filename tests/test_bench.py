@@ -47,6 +47,7 @@ from edgecnn.errors import DeviceError, ModelFileError
 
 REPO = Path(__file__).resolve().parents[1]
 EDGECNN = [sys.executable, "-m", "edgecnn.cli"]
+LOCAL = parse_target("local")  # the transports take parsed targets (the text is parsed where it enters)
 
 
 # ---------------------------------------------------------------------------- fixtures
@@ -63,7 +64,7 @@ def models(bench_models):
 @pytest.fixture(scope="module")
 def local_result(models):
     """One local run with labelled inputs, shared by the checks below."""
-    return run_local(models["int8"], "local", threads=1, runs=40, warmup=3, timeout_s=60,
+    return run_local(models["int8"], LOCAL, threads=1, runs=40, warmup=3, timeout_s=60,
                      inputs_npz=models["npz"])
 
 
@@ -116,7 +117,7 @@ def test_device_side_accuracy_matches_host_evaluation(local_result, models):
 
 def test_hung_runner_is_killed_at_the_timeout(models):
     start = time.monotonic()
-    r = run_local(models["int8"], "local", runs=5, timeout_s=2, extra_runner_args=["--debug-hang"])
+    r = run_local(models["int8"], LOCAL, runs=5, timeout_s=2, extra_runner_args=["--debug-hang"])
     elapsed = time.monotonic() - start
     assert r["status"] == "failed" and "timed out after 2 s" in r["reason"]
     assert elapsed < 2 + 2, elapsed
@@ -125,7 +126,7 @@ def test_hung_runner_is_killed_at_the_timeout(models):
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_crashing_runtime_is_reported_with_the_signal(models):
-    r = run_local(models["int8"], "local", runs=5, timeout_s=30, extra_runner_args=["--debug-crash"])
+    r = run_local(models["int8"], LOCAL, runs=5, timeout_s=30, extra_runner_args=["--debug-crash"])
     assert r["status"] == "failed"
     assert "SIGABRT" in r["reason"] and "exit -6" in r["reason"], r["reason"]
 
@@ -136,7 +137,7 @@ def test_edgetpu_model_on_a_cpu_target_is_one_line_device_error(models):
     assert is_edgetpu_model(inspect_tflite(models["edgetpu"]))
     assert not is_edgetpu_model(inspect_tflite(models["int8"]))
     with pytest.raises(DeviceError) as info:
-        run_local(models["edgetpu"], "local", runs=5)
+        run_local(models["edgetpu"], LOCAL, runs=5)
     assert_raised_error(info, DeviceError, "Edge TPU-compiled", "--target coral")
 
 
@@ -144,7 +145,7 @@ def test_non_tflite_model_is_model_file_error(tmp_path):
     bogus = tmp_path / "model.tflite"
     bogus.write_text("not a model at all, just text\n")
     with pytest.raises(ModelFileError) as info:
-        run_local(bogus, "local")
+        run_local(bogus, LOCAL)
     assert_raised_error(info, ModelFileError, "model.tflite", "not a TFLite flatbuffer")
 
 
@@ -163,7 +164,7 @@ def test_runner_turns_every_failure_into_json(models, tmp_path):
 
 @pytest.mark.skipif(bool(ctypes.util.find_library("edgetpu")), reason="an Edge TPU runtime is installed")
 def test_coral_without_the_runtime_says_how_to_install_it(models):
-    r = run_local(models["int8"], "coral:usb", runs=5, timeout_s=60)
+    r = run_local(models["int8"], parse_target("coral:usb"), runs=5, timeout_s=60)
     assert r["status"] == "failed" and r["target"] == "coral:usb"
     assert "libedgetpu" in r["reason"] and "apt-get install libedgetpu1-std" in r["reason"]
     assert r["delegate"] == "edgetpu:libedgetpu.so.1 (device usb)"

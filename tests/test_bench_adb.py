@@ -30,6 +30,7 @@ from edgecnn.bench.adb import (
 from edgecnn.bench.harness import run_benchmark
 from edgecnn.bench.schema import validate_result
 from edgecnn.errors import DeviceError
+from edgecnn.targets import parse_target
 
 ADB = shutil.which("adb")
 
@@ -88,7 +89,7 @@ def test_bad_android_options_fail_before_anything_runs(bench_models, tmp_path):
         run_benchmark(bench_models["int8"], "android", adb=AdbOptions(benchmark_binary=tmp_path / "nope"))
     assert_raised_error(info, DeviceError, "--benchmark-binary", "no such file")
     with pytest.raises(DeviceError) as info:
-        run_adb(bench_models["int8"], "android", options=AdbOptions(delegate="tpu"))
+        run_adb(bench_models["int8"], parse_target("android"), options=AdbOptions(delegate="tpu"))
     assert_raised_error(info, DeviceError, "unknown Android delegate 'tpu'", "nnapi")
 
 

@@ -32,7 +32,9 @@ from edgecnn.bundle_layout import BUNDLE_MANIFEST, MIN_TOP1_AGREEMENT, float_tol
 from edgecnn.export.bundle import write_bundle
 from edgecnn.fileio import sha256_file
 from edgecnn.recipe import validate_recipe
+from edgecnn.targets import parse_target
 
+LOCAL = parse_target("local")
 QUICKSTART_OPS = 67  # operators in the quickstart student_int8.tflite (edgecnn inspect)
 SOFTMAX_SCALE = 1 / 256  # its uint8 softmax output
 
@@ -148,7 +150,7 @@ def test_float_outputs_tolerance_and_non_finite():
 def test_runner_reports_the_raw_outputs_it_computed(bench_models):
     from edgecnn.runtime.interpreter import input_specs, load_interpreter, output_specs, quantize_input
 
-    r = run_local(bench_models["int8"], "local", runs=1, warmup=0, timeout_s=60, inputs_npz=bench_models["npz"],
+    r = run_local(bench_models["int8"], LOCAL, runs=1, warmup=0, timeout_s=60, inputs_npz=bench_models["npz"],
                   extra_runner_args=["--report-outputs"])
     assert r["status"] == "ok", r["reason"]
     reported = r["details"]["outputs"]
@@ -162,7 +164,7 @@ def test_runner_reports_the_raw_outputs_it_computed(bench_models):
     assert reported["values"] == expected and reported["dtype"] == str(out.dtype)
     assert reported["scale"] == pytest.approx(out.scale) and reported["zero_point"] == out.zero_point
     # Without the option the result stays as small as before.
-    plain = run_local(bench_models["int8"], "local", runs=1, warmup=0, timeout_s=60, inputs_npz=bench_models["npz"])
+    plain = run_local(bench_models["int8"], LOCAL, runs=1, warmup=0, timeout_s=60, inputs_npz=bench_models["npz"])
     assert plain["details"] is None and plain["outputs_sha256"] == r["outputs_sha256"]
 
 

@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from edgecnn.bench.local import run_local  # noqa: E402
+from edgecnn.targets import parse_target  # noqa: E402
 
 
 def build_mobilenet_v2(path: Path, size: int) -> Path:
@@ -81,7 +82,7 @@ def run_reference(tool: Path, model: Path, threads: int, runs: int, warmup: int)
 
 
 def run_harness(model: Path, threads: int, runs: int, warmup: int) -> float:
-    result = run_local(model, "local", threads=threads, runs=runs, warmup=warmup, timeout_s=600)
+    result = run_local(model, parse_target("local"), threads=threads, runs=runs, warmup=warmup, timeout_s=600)
     if result["status"] != "ok":
         sys.exit(f"harness failed: {result['reason']}")
     return float(result["latency_ms"]["p50"])

@@ -40,7 +40,7 @@ from edgecnn.bench.local import check_model_for_target
 from edgecnn.tool_output import parse_benchmark_model
 from edgecnn.process import ProcessResult, last_line, run_process
 from edgecnn.bench.schema import check_run_settings, failed_result, model_info, new_result, validate_result
-from edgecnn.targets import Target, parse_target
+from edgecnn.targets import Target, require_target
 from edgecnn.errors import DeviceError
 
 __all__ = ["ANDROID_DELEGATES", "DEVICE_DIR", "DEVICE_BENCHMARK_MODEL", "AdbOptions", "check_adb_options",
@@ -191,14 +191,14 @@ def _run_script(workdir: str, binary: str, pushed: bool, command: Sequence[str],
             "exit $rc\n")
 
 
-def run_adb(model: str | os.PathLike, target: Target | str, *, threads: int = 1, runs: int = 100,
+def run_adb(model: str | os.PathLike, target: Target, *, threads: int = 1, runs: int = 100,
             warmup: int = 10, timeout_s: float = 300.0, inputs_npz: str | os.PathLike | None = None,
             options: AdbOptions | None = None) -> dict:
     """Benchmark ``model`` on an ``android[:SERIAL]`` target with ``benchmark_model``.
 
     Args:
         model: the ``.tflite`` file on this host.
-        target: the :class:`Target` or its text.
+        target: a parsed ``android`` :class:`Target`.
         threads: ``--num_threads``.
         runs: timed runs.
         warmup: warm-up runs.
@@ -217,8 +217,9 @@ def run_adb(model: str | os.PathLike, target: Target | str, *, threads: int = 1,
             a target that is not ``android``, an Edge TPU model.
         ModelFileError: ``model`` is not a TFLite file.
         ValueError: non-positive ``threads``/``runs``/``timeout_s`` or negative ``warmup``.
+        TypeError: ``target`` is not a :class:`Target` (e.g. its text).
     """
-    target = parse_target(target) if isinstance(target, str) else target
+    require_target(target, "run_adb")
     options = options or AdbOptions()
     if target.kind != "android":
         raise DeviceError(f"run_adb runs android targets, not {target.text!r}")

@@ -10,6 +10,10 @@ CPU target) raises :class:`~edgecnn.errors.DeviceError`; anything that goes wron
 the way to or on the device is a result with ``status: "failed"`` and a one-line
 reason. :func:`run_benchmarks` checks every target before running the first, then runs
 them in order; a failed target never stops the next one.
+
+Target text is parsed once: :func:`run_benchmark` and :func:`run_benchmarks` take a
+:class:`~edgecnn.targets.Target` or its text (for Python callers) and pass the parsed
+target inward; :func:`check_benchmark` and the transports take a ``Target`` only.
 """
 
 from __future__ import annotations
@@ -19,21 +23,25 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from edgecnn.bench.adb import AdbOptions
 from edgecnn.bench.ssh import SshOptions
-from edgecnn.targets import Target, parse_target
+from edgecnn.targets import Target, parse_target, require_target
 from edgecnn.errors import DeviceError, EdgecnnError
 
 __all__ = ["AdbOptions", "SshOptions", "check_benchmark", "run_benchmark", "run_benchmarks"]
 
 
-def check_benchmark(model: str | os.PathLike, target: Target | str, *, inputs_npz: str | os.PathLike | None = None,
-                    ssh: SshOptions | None = None, adb: AdbOptions | None = None) -> Target:
+def check_benchmark(model: str | os.PathLike, target: Target, *, inputs_npz: str | os.PathLike | None = None,
+                    ssh: SshOptions | None = None, adb: AdbOptions | None = None) -> None:
     """Everything that can be checked on this host before ``target`` is used.
 
-    Returns:
-        The parsed target.
+    Args:
+        model: the ``.tflite`` file on this host.
+        target: the parsed target.
+        inputs_npz: optional ``.npz`` (``x``, ``y``) sent along.
+        ssh: options for ``ssh://`` targets.
+        adb: options for ``android`` targets.
 
     Raises:
-        DeviceError: an unknown target, bad transport options (see
+        DeviceError: bad transport options (see
             :func:`~edgecnn.bench.ssh.check_ssh_options`,
             :func:`~edgecnn.bench.adb.check_adb_options`), a missing inputs file, or an
             Edge TPU model on a target without an Edge TPU.
@@ -41,7 +49,7 @@ def check_benchmark(model: str | os.PathLike, target: Target | str, *, inputs_np
     """
     from edgecnn.bench.local import check_model_for_target
 
-    target = parse_target(target) if isinstance(target, str) else target
+    require_target(target, "check_benchmark")
     check_model_for_target(model, target)
     if inputs_npz is not None:
         _check_inputs_file(inputs_npz)
@@ -53,7 +61,6 @@ def check_benchmark(model: str | os.PathLike, target: Target | str, *, inputs_np
         from edgecnn.bench.adb import check_adb_options
 
         check_adb_options(adb or AdbOptions())
-    return target
 
 
 def _check_inputs_file(path: str | os.PathLike) -> None:
@@ -99,9 +106,12 @@ def run_benchmark(model: str | os.PathLike, target: Target | str = "local", *, t
         The validated result dict; failures on the device come back as ``status: "failed"``.
 
     Raises:
-        DeviceError, ModelFileError: see :func:`check_benchmark`.
+        DeviceError: an unknown target (text that does not parse), or see
+            :func:`check_benchmark`.
+        ModelFileError: see :func:`check_benchmark`.
     """
-    target = check_benchmark(model, target, inputs_npz=inputs_npz, ssh=ssh, adb=adb)
+    target = target if isinstance(target, Target) else parse_target(target)  # the one parse of this call
+    check_benchmark(model, target, inputs_npz=inputs_npz, ssh=ssh, adb=adb)
     settings = dict(threads=threads, runs=runs, warmup=warmup, timeout_s=timeout_s, inputs_npz=inputs_npz)
     if target.kind in ("local", "coral"):
         from edgecnn.bench.local import run_local
@@ -129,7 +139,8 @@ def run_benchmarks(model: str | os.PathLike, targets: Iterable[Target | str], *,
 
     Args:
         model: the ``.tflite`` file.
-        targets: target texts or :class:`Target` objects, in order.
+        targets: :class:`Target` objects or their texts, in order (each text is parsed
+            once, here).
         on_result: called with each result as soon as it exists (e.g. to append it to a
             results file, so a later crash loses nothing).
         extra_runner_args: per target text, more runner arguments (test hooks).
@@ -140,12 +151,15 @@ def run_benchmarks(model: str | os.PathLike, targets: Iterable[Target | str], *,
         One result per target, in order.
 
     Raises:
-        DeviceError, ModelFileError: a target fails its checks (nothing has run yet).
+        DeviceError, ModelFileError: a target is unknown or fails its checks (nothing has
+            run yet).
     """
     from edgecnn.bench.schema import failed_result, model_info
 
+    parsed = [t if isinstance(t, Target) else parse_target(t) for t in targets]  # the one parse of each
     checks = {k: settings.get(k) for k in ("inputs_npz", "ssh", "adb")}
-    parsed = [check_benchmark(model, t, **checks) for t in targets]
+    for target in parsed:
+        check_benchmark(model, target, **checks)
     extra = extra_runner_args or {}
     results = []
     for target in parsed:

@@ -21,7 +21,7 @@ from typing import Sequence
 
 from edgecnn.process import drain, kill_group, new_group_kwargs
 from edgecnn.bench.schema import check_run_settings, failed_result, model_info, validate_result
-from edgecnn.targets import Target, parse_target
+from edgecnn.targets import Target, require_target
 from edgecnn.errors import DeviceError
 from edgecnn.runtime import RUNNER_PATH
 from edgecnn.tflite.reader import EDGETPU_CUSTOM_OP, is_edgetpu_model
@@ -56,7 +56,7 @@ def check_model_for_target(model: str | os.PathLike, target: Target):
     return summary
 
 
-def run_local(model: str | os.PathLike, target: Target | str = "local", threads: int = 1,
+def run_local(model: str | os.PathLike, target: Target, threads: int = 1,
               runs: int = 100, warmup: int = 10, timeout_s: float = 300.0,
               inputs_npz: str | os.PathLike | None = None, *,
               extra_runner_args: Sequence[str] = ()) -> dict:
@@ -64,7 +64,8 @@ def run_local(model: str | os.PathLike, target: Target | str = "local", threads:
 
     Args:
         model: the ``.tflite`` file.
-        target: ``local`` or a ``coral`` target (a :class:`Target` or its text).
+        target: a parsed ``local`` or ``coral`` :class:`Target` (text is parsed where it
+            enters, never here).
         threads: CPU threads for the interpreter.
         runs: timed invokes.
         warmup: untimed invokes after the first.
@@ -83,8 +84,9 @@ def run_local(model: str | os.PathLike, target: Target | str = "local", threads:
         ModelFileError: ``model`` is not a readable TFLite file.
         DeviceError: the target is not local/coral, or an Edge TPU model on ``local``.
         ValueError: a non-positive ``threads``/``runs``/``timeout_s`` or negative ``warmup``.
+        TypeError: ``target`` is not a :class:`Target` (e.g. its text).
     """
-    target = parse_target(target) if isinstance(target, str) else target
+    require_target(target, "run_local")
     if target.kind not in ("local", "coral"):
         raise DeviceError(f"run_local runs 'local' and 'coral' targets, not {target.text!r}")
     check_run_settings(threads, runs, warmup, timeout_s)

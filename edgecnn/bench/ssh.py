@@ -51,7 +51,7 @@ from typing import Sequence
 from edgecnn.bench.local import check_model_for_target
 from edgecnn.process import ProcessResult, last_line, run_process
 from edgecnn.bench.schema import check_run_settings, failed_result, model_info, validate_result
-from edgecnn.targets import Target, parse_target
+from edgecnn.targets import Target, require_target
 from edgecnn.errors import DeviceError
 from edgecnn.runtime import RUNNER_PATH
 
@@ -282,14 +282,14 @@ def _install_hint(python: str) -> str:
 # --------------------------------------------------------------------------- running
 
 
-def run_ssh(model: str | os.PathLike, target: Target | str, *, threads: int = 1, runs: int = 100,
+def run_ssh(model: str | os.PathLike, target: Target, *, threads: int = 1, runs: int = 100,
             warmup: int = 10, timeout_s: float = 300.0, inputs_npz: str | os.PathLike | None = None,
             options: SshOptions | None = None, extra_runner_args: Sequence[str] = ()) -> dict:
     """Benchmark ``model`` on an ``ssh://`` target.
 
     Args:
         model: the ``.tflite`` file on this host.
-        target: an ``ssh://user@host[:port]`` :class:`Target` or its text.
+        target: a parsed ``ssh://user@host[:port]`` :class:`Target`.
         threads: CPU threads for the interpreter.
         runs: timed invokes.
         warmup: untimed invokes after the first.
@@ -309,8 +309,9 @@ def run_ssh(model: str | os.PathLike, target: Target | str, *, threads: int = 1,
             target that is not ``ssh://``, an Edge TPU model, a missing inputs file.
         ModelFileError: ``model`` is not a TFLite file.
         ValueError: non-positive ``threads``/``runs``/``timeout_s`` or negative ``warmup``.
+        TypeError: ``target`` is not a :class:`Target` (e.g. its text).
     """
-    target = parse_target(target) if isinstance(target, str) else target
+    require_target(target, "run_ssh")
     options = options or SshOptions()
     if target.kind != "ssh":
         raise DeviceError(f"run_ssh runs ssh:// targets, not {target.text!r}")

@@ -21,6 +21,7 @@ from edgecnn.bundle_layout import (BUNDLE_MANIFEST, BUNDLE_SCHEMA, MIN_TOP1_AGRE
                                    read_bundle_json, tolerance_steps)
 from edgecnn.errors import DeviceError, ModelFileError
 from edgecnn.fileio import sha256_file
+from edgecnn.targets import Target, parse_target
 
 __all__ = ["ModelCheck", "OutputComparison", "VerifyReport", "check_bundle_files", "compare_outputs",
            "format_verify", "verify_bundle"]
@@ -300,8 +301,8 @@ def _load_golden(path: Path) -> _Golden:
                    None if zero_point is None else int(zero_point), None if operators is None else int(operators))
 
 
-def verify_bundle(bundle_dir: str | os.PathLike, target="local", timeout_s: float = 300.0, threads: int = 1, *,
-                  ssh=None, exact: bool = False, tolerance_steps: int | None = None,
+def verify_bundle(bundle_dir: str | os.PathLike, target: Target | str = "local", timeout_s: float = 300.0,
+                  threads: int = 1, *, ssh=None, exact: bool = False, tolerance_steps: int | None = None,
                   float_atol: float | None = None, min_top1: float = MIN_TOP1_AGREEMENT) -> VerifyReport:
     """Answer "is this the model I built, running correctly here?" for every model of a bundle.
 
@@ -344,7 +345,8 @@ def verify_bundle(bundle_dir: str | os.PathLike, target="local", timeout_s: floa
         bundle_dir: the bundle folder.
         target: where to run: ``local`` (the runner in a child process on this machine),
             ``coral[:usb|:pci]`` or ``ssh://user@host[:port]`` (the runner copied there by
-            the bench transport); text or a parsed :class:`~edgecnn.targets.Target`.
+            the bench transport); a parsed :class:`~edgecnn.targets.Target`, or its text
+            (parsed once, here, and passed inward).
         timeout_s: limit for each runner process.
         threads: interpreter threads on the target.
         ssh: :class:`~edgecnn.bench.ssh.SshOptions` for ``ssh://`` targets (remote Python,
@@ -361,16 +363,15 @@ def verify_bundle(bundle_dir: str | os.PathLike, target="local", timeout_s: floa
 
     Raises:
         ModelFileError: a file is missing, altered or malformed (checked before anything runs).
-        DeviceError: a target this command cannot run, or bad SSH options.
+        DeviceError: an unknown target, one this command cannot run, or bad SSH options.
     """
     from edgecnn.bench.harness import check_benchmark
-    from edgecnn.targets import Target, parse_target
 
     bundle = Path(bundle_dir)
     manifest = check_bundle_files(bundle)
     entries = _model_entries(bundle, manifest)
     goldens = [_load_golden(bundle / golden) for _, golden in entries]
-    parsed = target if isinstance(target, Target) else parse_target(target)
+    parsed = target if isinstance(target, Target) else parse_target(target)  # the one parse of this call
     if parsed.kind not in ("local", "coral", "ssh"):
         raise DeviceError(f"verify --target {parsed.text!r}: bundles run on local, coral and ssh:// targets (the "
                           "device runner); on this one, run runner.py by hand as the bundle's README.md shows")
@@ -384,8 +385,8 @@ def verify_bundle(bundle_dir: str | os.PathLike, target="local", timeout_s: floa
     return report
 
 
-def _verify_model(bundle: Path, model_file: str, golden_file: str, golden: _Golden, target, timeout_s: float,
-                  threads: int, ssh, rules: dict) -> ModelCheck:
+def _verify_model(bundle: Path, model_file: str, golden_file: str, golden: _Golden, target: Target,
+                  timeout_s: float, threads: int, ssh, rules: dict) -> ModelCheck:
     from edgecnn.bench.harness import run_benchmark
     from edgecnn.tflite.reader import inspect_tflite
 
