@@ -24,10 +24,35 @@ def inference_model(student):
 
 
 def _converter(model):
+    """A converter for ``model`` traced at batch 1.
+
+    ``from_keras_model`` exports the model's own signature, whose batch is ``None``: the
+    converted file then says -1 in the ``shape_signature`` of every activation, and the
+    Edge TPU compiler refuses it ("only supports static-sized tensors"). Tracing a
+    ``tf.function`` with a batch-1 input signature gives every tensor a static shape in
+    all formats. Passing ``model`` as the trackable object keeps the SavedModel route
+    that ``from_keras_model`` takes, so the file keeps the ``serving_default`` signature
+    with the Keras input and output names (``image`` -> ``scores``).
+    """
     tf = tensorflow()
     # Tracing the Keras model can log (absl) on fd 2, like the conversion itself.
     with native_stderr_silenced():
-        return tf.lite.TFLiteConverter.from_keras_model(model)
+        return tf.lite.TFLiteConverter.from_concrete_functions([_batch_one_function(model)], model)
+
+
+def _batch_one_function(model):
+    """``model``'s inference call as a concrete function of batch-1 inputs, outputs keyed by Keras name."""
+    tf = tensorflow()
+    specs = [tf.TensorSpec([1, *tensor.shape[1:]], tensor.dtype, name=name)
+             for tensor, name in zip(model.inputs, model.input_names)]
+
+    @tf.function(input_signature=specs)
+    def serve(*inputs):
+        outputs = model(inputs[0] if len(inputs) == 1 else list(inputs), training=False)
+        # A dict names the signature's outputs after the Keras outputs, as from_keras_model does.
+        return dict(zip(model.output_names, tf.nest.flatten(outputs)))
+
+    return serve.get_concrete_function()
 
 
 def convert_float(model, fmt: ExportFormat, path: str | Path) -> Path:
