@@ -18,7 +18,9 @@ sections it reads, the sha256 of every upstream artifact whose role matches its
 ``consumes`` patterns (content, not upstream keys, so a re-trained teacher invalidates the student even under the same
 recipe) and the sha256 of every file outside the run directory it reads
 (``teacher.path``, local weights files, an image folder's images, a benchmark binary: a
-teacher re-trained and saved at the same path is a new teacher). ``stages/<name>.json``
+teacher re-trained and saved at the same path is a new teacher), and the host tools it
+declares in its ``environment`` (the ``edgetpu_compiler`` version: a new compiler
+re-compiles, and a stage skipped for want of it runs once it is installed). ``stages/<name>.json``
 records the key and each output's role, kind, precision, runtime and sha256 (so a cached
 stage restores typed artifacts); a stage is re-used only when the key
 matches and every output still hashes to its record. The record is written last, so a
@@ -65,6 +67,7 @@ from edgecnn.compress.distribute import WorkerFinished  # no TensorFlow: safe at
 from edgecnn.artifacts import Artifact, ArtifactStore, role_matches
 from edgecnn.stages import StageResult
 from edgecnn.errors import DataError, EdgecnnError, ModelFileError
+from edgecnn.export.formats import EDGETPU_FORMAT, float_formats
 from edgecnn.fileio import (claim_output_dir, clean_stale_temporaries, json_type_name, path_size, sha256_file,
                             write_json_atomic)
 from edgecnn.progress import Progress
@@ -95,6 +98,10 @@ class InputFiles:
 
 
 def _no_inputs(recipe: Recipe) -> dict[str, InputFiles]:
+    return {}
+
+
+def _no_environment(recipe: Recipe) -> dict[str, str]:
     return {}
 
 
@@ -154,6 +161,8 @@ class Stage:
         shared: whether the stage's result goes into the shared cache (False for a
             stage whose result is a measurement of the moment, or writes files that
             are not artifacts).
+        environment: the host tools whose presence and version shape the result
+            (name -> identity, ``"absent"`` when missing); they go into the cache key.
     """
 
     name: str
@@ -165,6 +174,7 @@ class Stage:
     describe: Callable[[Recipe], str]
     inputs: Callable[[Recipe], dict[str, InputFiles]] = _no_inputs
     shared: bool = True
+    environment: Callable[[Recipe], dict[str, str]] = _no_environment
 
 
 def _teacher_needed(r: Recipe) -> bool:
@@ -190,12 +200,18 @@ STAGES: tuple[Stage, ...] = (
                     + f", {r.distill.train.epochs} epochs",
           lambda r: _weights_file("student.weights", r.student.weights)),
     Stage("export", ("export",), ("dataset", "model.keras.*"), ("model.tflite.float32", "model.tflite.float16"),
-          _stages.run_export, lambda r: bool(r.export.formats),
-          lambda r: "TFLite " + ", ".join(r.export.formats) + " of the latest Keras model"),
+          _stages.run_export, lambda r: bool(float_formats(r.export.formats)),
+          lambda r: "TFLite " + ", ".join(f.name for f in float_formats(r.export.formats)) + " of the latest Keras model"),
     Stage("quantize", ("quantize", "seed"), ("dataset", "model.keras.*"), ("model.tflite.int8",), _stages.run_quantize,
           lambda r: r.quantize.int8,
           lambda r: f"post-training int8, {r.quantize.io_dtype} I/O, "
                     f"{r.quantize.calibration_samples or r.data.representative_samples} calibration images"),
+    # No recipe section: the output depends only on the int8 model and the compiler.
+    Stage("edgetpu", (), ("model.tflite.int8",), (EDGETPU_FORMAT.role,), _stages.run_edgetpu,
+          lambda r: "edgetpu" in r.export.formats,
+          lambda r: "compile the int8 model for the Coral Edge TPU with edgetpu_compiler"
+                    + ("" if shutil.which("edgetpu_compiler") else " (not on PATH here: skipped, the build goes on)"),
+          environment=_stages.edgetpu_environment),
     Stage("evaluate", ("evaluate",), ("dataset", "model.tflite.*"), ("report.evaluation",), _stages.run_evaluate,
           lambda r: True, lambda r: "test-split accuracy of every .tflite on ai-edge-litert"),
     Stage("bundle", ("export",), ("dataset", "model.tflite.*", "report.evaluation"), ("bundle",), _stages.run_bundle,
@@ -366,6 +382,9 @@ def _stage_key(stage: Stage, recipe: Recipe, ctx: BuildContext, content: _Conten
     ctx.inputs[stage.name] = inputs
     if inputs:  # absent when empty, so keys of stages without input files are as before
         payload["inputs"] = inputs
+    environment = stage.environment(recipe)
+    if environment:  # likewise
+        payload["environment"] = environment
     if stage.name == "data":
         from edgecnn.data import dataset_fingerprint
 
@@ -399,6 +418,8 @@ def _record_problem(record: object, produces: tuple[str, ...] = ("*",)) -> str |
             return f"its artifact '{name}' has role '{item['role']}', which this stage does not produce"
     if not isinstance(record.get("metrics", {}), dict):
         return "its 'metrics' is not a mapping"
+    if not isinstance(record.get("skipped", ""), str):
+        return "its 'skipped' is not a reason"
     wall = record.get("wall_s", 0.0)
     if isinstance(wall, bool) or not isinstance(wall, (int, float)):
         return "its 'wall_s' is not a number"
@@ -584,6 +605,8 @@ def _run_stage(stage: Stage, recipe: Recipe, ctx: BuildContext, key: str, in_cac
         produced[artifact.name] = artifact.to_record(out, path_size(artifact.path))
     record = {"stage": stage.name, "key": key, "artifacts": produced, "metrics": result.metrics,
               "wall_s": round(wall, 3), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if result.skipped is not None:
+        record["skipped"] = " ".join(result.skipped.split())  # one line, whatever the stage said
     write_json_atomic(out / STAGE_DIR / f"{stage.name}.json", record)
     return record
 
@@ -694,6 +717,11 @@ def _run_planned(plan: list[Stage], recipe: Recipe, ctx: BuildContext, content: 
                             "compute_wall_s": round(wall, 3)})
             if "accuracy" in metrics:
                 info["note"] = f"test accuracy {metrics['accuracy'] * 100:.2f}%"
+            if record.get("skipped"):
+                # Said on every build, cached or not: the recipe asked for something it did not get.
+                timings[-1]["skipped"] = record["skipped"]
+                progress.line(f"    {stage.name}: skipped: {record['skipped']}")
+                info["note"] = "skipped"
 
 
 __all__ = ["Artifact", "BuildResult", "EdgecnnError", "InputFiles", "RunDirectoryBusyError", "STAGES", "Stage",

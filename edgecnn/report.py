@@ -60,6 +60,8 @@ def collect_models(ctx: "BuildContext") -> list[dict]:
                      "input_dtype": result.get("input_dtype"), "output_dtype": result.get("output_dtype"),
                      "evaluated_with": f"{evaluation.get('runtime')} {evaluation.get('runtime_version')}"
                      if evaluated else result.get("status", "not evaluated")})
+        if not evaluated and result.get("reason"):
+            rows[-1]["reason"] = result["reason"]  # e.g. an Edge TPU model: where to measure it instead
     return rows
 
 
@@ -123,6 +125,8 @@ def write_reports(recipe: "Recipe", ctx: "BuildContext", timings: list[dict],
         # what the artifacts cost when they were computed (equals total_wall_s with no cache hits)
         "total_compute_s": round(sum(t["compute_wall_s"] for t in timings), 3),
         "bench": ctx.metrics.get("bench", {}).get("results", []),
+        # Stages the recipe asks for that made nothing on this host, with why (a missing tool).
+        "skipped": [{"stage": t["stage"], "reason": t["skipped"]} for t in timings if t.get("skipped")],
     }
     plots = _write_plots(ctx, models)
     report["plots"] = [p.name for p in plots]
@@ -177,6 +181,12 @@ def render_markdown(report: dict) -> str:
         io = f"{m.get('input_dtype')}/{m.get('output_dtype')}" if m.get("input_dtype") else "float32"
         lines.append(f"| {m['name']} | `{m['path']}` | {m['precision']} | {io} | {_size_text(m['size_bytes'])} | "
                      f"{_pct(m['accuracy'])} | {m['evaluated_with']} |")
+    notes = [m for m in report["models"] if m.get("reason")]
+    if notes:
+        lines.append("")
+        lines += [f"- {m['name']}: {m['evaluated_with']}: {m['reason']}" for m in notes]
+    for row in report.get("skipped") or []:
+        lines += ["", f"**Skipped:** {row['stage']}: {row['reason']}"]
     summary = report.get("summary", {})
     if summary:
         lines += ["", "## Quantization", ""]

@@ -31,10 +31,18 @@ BUNDLE_DIR = "bundle"
 
 @dataclass
 class StageResult:
-    """What a stage produced: typed artifacts (sha256 left to the pipeline) and metrics."""
+    """What a stage produced: typed artifacts (sha256 left to the pipeline) and metrics.
+
+    ``skipped``: why the stage made nothing although the recipe asks for it (one line: a
+    tool this host lacks and how to get it). The build goes on; the pipeline prints the
+    reason and the reports list it. Such a stage should declare what decides it (the
+    tool's presence and version) in its ``environment``, so the skip is cached only until
+    that changes.
+    """
 
     artifacts: list[Artifact] = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
+    skipped: str | None = None
 
 
 def keras_artifact(role: str, path: Path) -> Artifact:
@@ -288,13 +296,12 @@ def _model_to_convert(ctx: "BuildContext"):
 
 def run_export(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
     """Convert the latest Keras model to each float TFLite format in ``export.formats``, with TFLite metadata."""
-    from edgecnn.export.formats import get_format
+    from edgecnn.export.formats import float_formats
     from edgecnn.export.tflite import convert_float
 
     model, source = _model_to_convert(ctx)
     produced = []
-    for name in recipe.export.formats:
-        fmt = get_format(name)
+    for fmt in float_formats(recipe.export.formats):  # (edgetpu is the edgetpu stage's)
         path = _add_metadata(convert_float(model, fmt, ctx.path(fmt.filename)), recipe, ctx)
         produced.append(_format_artifact(fmt, path))
     return StageResult(produced, {"source": source.role})
@@ -317,11 +324,71 @@ def run_quantize(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
                                                        "io_dtype": recipe.quantize.io_dtype, "source": source.role})
 
 
+def edgetpu_environment(recipe: "Recipe") -> dict[str, str]:
+    """The compiler the ``edgetpu`` stage would use, for its cache key: a new compiler
+    (or one installed since a skip) re-compiles."""
+    from edgecnn.export.edgetpu import COMPILER, compiler_identity
+
+    return {COMPILER: compiler_identity() or "absent"}
+
+
+def run_edgetpu(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
+    """Compile the int8 model for the Coral Edge TPU with ``edgetpu_compiler``.
+
+    Skipped, with the reason and how to install the compiler, on a host without it: the
+    build goes on and the reports say so. A compiler output without the
+    ``edgetpu-custom-op`` (nothing mapped to the TPU) fails the stage.
+    """
+    import os
+    import tempfile
+
+    from edgecnn.errors import MissingDependencyError, RecipeError
+    from edgecnn.export.edgetpu import compile_edgetpu, find_edgetpu_compiler, format_compile_summary
+    from edgecnn.export.formats import EDGETPU_FORMAT
+
+    int8 = ctx.artifacts.get("model.tflite.int8")
+    if int8 is None:
+        raise RecipeError("export.formats lists edgetpu, which compiles the int8 model, but quantize.int8 is false; "
+                          "set quantize.int8: true or remove edgetpu from export.formats")
+    out = ctx.path(EDGETPU_FORMAT.filename)
+    try:
+        find_edgetpu_compiler()
+    except MissingDependencyError as exc:
+        # An earlier build's compile would pass for this build's model: this stage's file, removed.
+        out.unlink(missing_ok=True)
+        return StageResult(skipped=str(exc))
+    # Compiled in a folder of its own (".tmp-": a killed build's is cleaned up), so the
+    # compiler's log and report stay out of the run directory and the model file, which
+    # is this stage's, is replaced whatever an earlier build left there.
+    with tempfile.TemporaryDirectory(prefix=".tmp-edgetpu-stage.", dir=ctx.out_dir) as work:
+        compiled = compile_edgetpu(int8.path, work)
+        os.replace(compiled.model, out)
+    parsed = compiled.parsed
+    for line in format_compile_summary(parsed, out.name).splitlines():
+        ctx.progress.line(f"    {line}")
+    keep = ("compiler_version", "total_ops", "ops_on_tpu", "ops_on_cpu", "subgraphs", "cpu_fallback_ops",
+            "on_chip_memory_used_bytes", "off_chip_memory_used_bytes")
+    metrics = {k: parsed.get(k) for k in keep}
+    metrics["source"] = int8.role
+    return StageResult([_format_artifact(EDGETPU_FORMAT, out)], metrics)
+
+
 # Runtimes the evaluate stage runs on the host: the TFLite CPU interpreter. An Edge TPU
 # model needs the accelerator (measure it with a coral bench target), so it is listed as
 # not evaluable rather than run on kernels it was not compiled for.
 HOST_RUNTIMES = frozenset({"litert"})
 NOT_EVALUABLE = "not evaluable on this host"
+# Per runtime the host lacks: what it is, and how to measure such a model ({file}) instead.
+_NOT_EVALUABLE_WHY = {
+    "edgetpu": ("a Coral Edge TPU", "measure it on one with `edgecnn bench {file} --target coral --inputs "
+                                    "bench_samples_N.npz`, or a `bench: [{{target: coral, samples: N}}]` recipe entry"),
+}
+
+
+def _not_evaluable_reason(artifact: Artifact, host_runtime: str) -> str:
+    what, hint = _NOT_EVALUABLE_WHY.get(artifact.runtime, (None, None))
+    return (f"needs the {artifact.runtime} runtime{f' ({what})' if what else ''}; the host evaluates on "
+            f"{host_runtime} (CPU)" + (f"; {hint.format(file=artifact.path.name)}" if hint else ""))
 
 
 def run_evaluate(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
@@ -344,8 +411,8 @@ def run_evaluate(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
                "precision": artifact.precision, "runtime": artifact.runtime}
         if artifact.runtime not in HOST_RUNTIMES:
             row.update(status=NOT_EVALUABLE, accuracy=None, size_bytes=path_size(artifact.path),
-                       reason=f"needs the {artifact.runtime} runtime; the host evaluates on {runtime} (CPU)")
-            skipped.append(artifact.path.name)
+                       reason=_not_evaluable_reason(artifact, runtime))
+            skipped.append(f"{artifact.path.name}: {NOT_EVALUABLE}: {row['reason']}")
         else:
             summary = inspect_tflite(artifact.path)
             accuracy = evaluate_tflite(artifact.path, x_test, ds.y_test, num_threads=recipe.evaluate.threads)
@@ -356,8 +423,8 @@ def run_evaluate(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
     # table) and kept in report.json, not repeated here.
     evaluated = ", ".join(r["path"] for r in results.values() if r["status"] == "evaluated") or "no .tflite model"
     ctx.progress.line(f"    {evaluated} on {len(ds.y_test)} test images ({runtime} {version})")
-    if skipped:
-        ctx.progress.line(f"    {', '.join(skipped)}: {NOT_EVALUABLE}")
+    for line in skipped:
+        ctx.progress.line(f"    {line}")
     evaluation = {"runtime": runtime, "runtime_version": version, "test_images": int(len(ds.y_test)),
                   "models": results}
     path = write_json_atomic(ctx.path(EVALUATION_FILE), evaluation)
@@ -410,17 +477,18 @@ def run_bench(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
         samples[n] = ctx.path(f"bench_samples_{n}.npz")
     results = []
     for cfg in recipe.bench:
+        target = parse_target(cfg.target)  # once per bench row; the harness takes the Target
         settings = dict(threads=cfg.threads, runs=cfg.runs, warmup=cfg.warmup, timeout_s=cfg.timeout_s,
                         inputs_npz=samples.get(cfg.samples),
                         ssh=SshOptions(remote_python=cfg.remote_python, identity=cfg.identity,
                                        known_hosts=cfg.known_hosts),
                         adb=AdbOptions(benchmark_binary=cfg.benchmark_binary))
         # An Edge TPU model runs only where an Edge TPU is (a coral target); CPU models run everywhere.
-        runtimes = {"litert", "edgetpu"} if parse_target(cfg.target).kind == "coral" else {"litert"}
+        runtimes = {"litert", "edgetpu"} if target.kind == "coral" else {"litert"}
         for artifact in (a for a in models if a.runtime in runtimes):
             path = artifact.path
             try:
-                result = run_benchmarks(path, [cfg.target], **settings)[0]
+                result = run_benchmarks(path, [target], **settings)[0]
             except EdgecnnError as exc:  # bad options for this target: recorded, not fatal
                 result = failed_result(cfg.target, model_info(path), str(exc), threads=cfg.threads, runs=cfg.runs,
                                        warmup=cfg.warmup)
@@ -442,5 +510,6 @@ def _bench_note(result: dict) -> str:
     return note
 
 
-__all__ = ["HOST_RUNTIMES", "NOT_EVALUABLE", "StageResult", "keras_artifact", "load_model", "run_bench", "run_bundle",
-           "run_data", "run_evaluate", "run_export", "run_quantize", "run_student", "run_teacher", "save_keras"]
+__all__ = ["HOST_RUNTIMES", "NOT_EVALUABLE", "StageResult", "edgetpu_environment", "keras_artifact", "load_model",
+           "run_bench", "run_bundle", "run_data", "run_edgetpu", "run_evaluate", "run_export", "run_quantize",
+           "run_student", "run_teacher", "save_keras"]

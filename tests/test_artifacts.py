@@ -59,7 +59,7 @@ def run_fake_edgetpu(recipe, ctx) -> StageResult:
     return StageResult([Artifact("model.tflite.edgetpu", "edgetpu", out, precision="int8", runtime="edgetpu")])
 
 
-EDGETPU = pipeline.Stage("edgetpu", (), ("model.tflite.int8",), ("model.tflite.edgetpu",), run_fake_edgetpu,
+EDGETPU = pipeline.Stage("fake_edgetpu", (), ("model.tflite.int8",), ("model.tflite.edgetpu",), run_fake_edgetpu,
                          lambda r: True, lambda r: "fake Edge TPU compile")
 
 
@@ -189,7 +189,7 @@ def test_export_quantize_evaluate_report_pick_up_the_inserted_model(inserted):
 
     recipe_path, _, result = inserted
     out = result.out_dir
-    assert result.ran == ["data", "teacher", "student", "prune", "export", "quantize", "edgetpu", "evaluate"]
+    assert result.ran == ["data", "teacher", "student", "prune", "export", "quantize", "fake_edgetpu", "evaluate"]
     records = {name: json.loads((out / "stages" / f"{name}.json").read_text()) for name in result.ran}
     pruned = records["prune"]["artifacts"]["pruned"]
     assert (pruned["role"], pruned["kind"], pruned["precision"]) == ("model.keras.pruned", "keras", "float32")

@@ -34,8 +34,8 @@ from pathlib import Path
 from edgecnn.errors import FilesystemError, MissingDependencyError, ModelFileError
 from edgecnn.fileio import sha256_file, write_json_atomic
 
-__all__ = ["COMPILE_TARGETS", "COMPILER", "EdgeTpuCompileResult", "find_edgetpu_compiler", "cpu_fallback_problem",
-           "format_compile_summary", "compile_edgetpu"]
+__all__ = ["COMPILE_TARGETS", "COMPILER", "EdgeTpuCompileResult", "compiler_identity", "find_edgetpu_compiler",
+           "cpu_fallback_problem", "format_compile_summary", "compile_edgetpu"]
 
 COMPILE_TARGETS = ("edgetpu",)
 COMPILER = "edgetpu_compiler"
@@ -77,6 +77,26 @@ def find_edgetpu_compiler() -> str:
     where = "" if (platform.system(), platform.machine()) == ("Linux", "x86_64") else \
         f" this machine is {here}, so compile on an x86-64 Linux host (or in Docker) instead;"
     raise MissingDependencyError(f"{COMPILER} not found on PATH;{where} {INSTALL_HINT}")
+
+
+def compiler_identity() -> str | None:
+    """What identifies the installed compiler's output: its version, or None when absent.
+
+    The ``edgetpu`` build stage puts it into its cache key, so a new compiler re-compiles.
+    The version is what ``edgetpu_compiler --version`` prints (a few milliseconds); a
+    compiler that prints none is identified by the sha256 of its file instead (the
+    Debian package's ``/usr/bin/edgetpu_compiler`` is the binary itself).
+    """
+    from edgecnn.process import run_process
+    from edgecnn.tool_output import parse_edgetpu_compiler_log
+
+    found = shutil.which(COMPILER)
+    if not found:
+        return None
+    proc = run_process([found, "--version"], 30.0)
+    version = parse_edgetpu_compiler_log(proc.stdout + "\n" + proc.stderr)["compiler_version"] \
+        if proc.returncode == 0 else None
+    return f"version {version}" if version else f"sha256 {sha256_file(Path(found).resolve())}"
 
 
 def cpu_fallback_problem(parsed: dict) -> str | None:

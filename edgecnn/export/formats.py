@@ -41,15 +41,23 @@ FORMATS: tuple[ExportFormat, ...] = (
 
 
 # The Edge TPU compiler's output (issue #11 item 8): a row of its own, not in FORMATS,
-# because export.formats cannot ask for it until the compile stage exists. Evaluation on
-# the host reports it as "not evaluable on this host" (its runtime is the Edge TPU).
+# because no converter writes it: the ``edgetpu`` build stage compiles the int8 model with
+# ``edgetpu_compiler``. Evaluation on the host reports it as "not evaluable on this host"
+# (its runtime is the Edge TPU).
 EDGETPU_FORMAT = ExportFormat("edgetpu", "student_int8_edgetpu.tflite", "int8", True,
                               "int8 model compiled for the Coral Edge TPU", kind="edgetpu", runtime="edgetpu")
 
 
 def get_format(name: str) -> ExportFormat:
-    """The row called ``name``."""
-    for row in FORMATS:
+    """The row called ``name`` (``edgetpu`` included)."""
+    for row in (*FORMATS, EDGETPU_FORMAT):
         if row.name == name:
             return row
-    raise KeyError(f"unknown export format {name!r}; known: {', '.join(f.name for f in FORMATS)}")
+    raise KeyError(f"unknown export format {name!r}; known: {', '.join(f.name for f in (*FORMATS, EDGETPU_FORMAT))}")
+
+
+def float_formats(names) -> list[ExportFormat]:
+    """The rows among ``names`` (``export.formats``) that the export stage converts from
+    Keras, in the given order: the float ones (int8 is the quantize stage's, edgetpu the
+    compiler's)."""
+    return [row for name in names for row in FORMATS if row.name == name and not row.needs_calibration]

@@ -15,7 +15,9 @@ It behaves like the real compiler where edgecnn depends on it:
   with any tool that re-packs the flatbuffer (``FAKE_EDGETPU_MODE=strip-metadata`` drops
   the entry too, as older compilers did); edgecnn must carry the metadata over either way;
 * stdout and ``OUT_DIR/<name>_edgetpu.log`` in the real compiler's formats (summary
-  block, ``Operator Count Status`` table), built from the model's own operator counts.
+  block, ``Operator Count Status`` table), built from the model's own operator counts;
+* ``edgetpu_compiler --version`` prints ``Edge TPU Compiler version X`` (the build
+  stage's cache key holds it).
 
 What it cannot do: decide which operations the Edge TPU supports (it maps all of them),
 or produce an executable the TPU can run: the compiled file only loads on a real Edge TPU
@@ -30,6 +32,8 @@ Knobs for tests (environment):
                           is printed instead of the generated stdout; a text containing
                           "Internal compiler error" makes the compile fail (exit 1).
     FAKE_EDGETPU_LOGFILE  a file whose text replaces the generated ``.log``.
+    FAKE_EDGETPU_VERSION  the version it prints (default 16.0.384591198), so a test
+                          can "upgrade" the compiler.
 """
 
 import os
@@ -38,7 +42,7 @@ import sys
 import flatbuffers
 from ai_edge_litert import schema_py_generated as schema
 
-VERSION = "16.0.384591198"
+VERSION = os.environ.get("FAKE_EDGETPU_VERSION", "16.0.384591198")
 CUSTOM_CODE = "edgetpu-custom-op"
 ON_CHIP_BYTES = 8 * 1024 * 1024 - 32 * 1024  # what a USB Accelerator reports as available
 _OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if isinstance(v, int) and not k.startswith("_")}
@@ -99,6 +103,9 @@ def compile_model(model, strip_metadata):
 
 
 def main(argv):
+    if argv == ["--version"]:
+        sys.stdout.write("Edge TPU Compiler version %s\n" % VERSION)
+        return 0
     show_table = "-s" in argv
     args = [a for a in argv if a != "-s"]
     if len(args) != 3 or args[0] != "-o":
