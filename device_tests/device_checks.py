@@ -251,10 +251,10 @@ def weight_tensor_offset(model: Path, name_part: str) -> tuple[int, tuple[int, .
     The interpreter hands back a constant tensor's data as stored in the file, so its
     bytes locate it in the flatbuffer; it must occur exactly once.
     """
-    from edgecnn.runtime.interpreter import load_interpreter
+    from edgecnn.runtime.interpreter import make_interpreter
 
     data = model.read_bytes()
-    interpreter = load_interpreter(model)
+    interpreter = make_interpreter(model)
     for detail in interpreter.get_tensor_details():
         if name_part not in detail["name"] or detail["dtype"] != np.int8:
             continue

@@ -272,6 +272,9 @@ class Recipe(_Section):
                 raise ValueError(f"{key} '{path}' does not exist (relative paths start at the current directory); fix the path")
         if self.data.channels != 3 and "imagenet" in (self.teacher.weights, self.student.weights):
             raise ValueError("ImageNet weights need RGB input; set data.channels: 3")
+        if "edgetpu" in self.export.formats and not self.quantize.int8:
+            raise ValueError("export.formats: edgetpu compiles the int8 model, but quantize.int8 is false; "
+                             "set quantize.int8: true or remove edgetpu")
         return self
 
     @field_validator("bench", mode="before")

@@ -158,6 +158,8 @@ _recipe_case("section-is-a-list", "name: a\ndata: [1, 2]\n", "data")
 _recipe_case("section-is-a-number", "name: a\nstudent: 3\n", "student")
 _recipe_case("io-dtype-unknown", "name: a\nquantize: {io_dtype: int4}\n", "io_dtype")
 _recipe_case("export-format-unknown", "name: a\nexport: {formats: [int4]}\n", "formats")
+_recipe_case("edgetpu-without-int8", "name: a\nexport: {formats: [edgetpu]}\nquantize: {int8: false}\n", "quantize.int8",
+             "remove edgetpu")
 _recipe_case("student-unknown", "name: a\nstudent: {architecture: mobilenet_v9}\n", "mobilenet_v9")
 _recipe_case("teacher-unknown", "name: a\nteacher: {architecture: resnet9000}\n", "resnet9000")
 _recipe_case("data-source-unknown", "name: a\ndata: {source: imagenet}\n", "source")
@@ -782,11 +784,11 @@ def _write_bundle(folder: Path, model: Path) -> Path:
     import numpy as np
 
     from edgecnn.bundle_layout import BUNDLE_SCHEMA
-    from edgecnn.runtime.interpreter import input_specs, load_interpreter, quantize_input
+    from edgecnn.runtime.interpreter import input_specs, make_interpreter, quantize_input
 
     folder.mkdir()
     shutil.copy2(model, folder / model.name)
-    interpreter = load_interpreter(folder / model.name)
+    interpreter = make_interpreter(folder / model.name)
     spec = input_specs(interpreter)[0]
     x = quantize_input(np.random.RandomState(0).uniform(-1, 1, (4, *spec.shape[1:])).astype(np.float32), spec)
     outputs = []

@@ -70,11 +70,11 @@ def local_result(models):
 
 def _host_outputs(model: Path, npz: Path) -> tuple[float, str]:
     """Accuracy and raw-output sha256 computed here with ai_edge_litert directly."""
-    from edgecnn.runtime.interpreter import evaluate_tflite, input_specs, load_interpreter, quantize_input
+    from edgecnn.runtime.interpreter import evaluate_tflite, input_specs, make_interpreter, quantize_input
 
     data = np.load(npz)
     accuracy = evaluate_tflite(model, data["x"], data["y"], num_threads=1)
-    interpreter = load_interpreter(model, num_threads=1)
+    interpreter = make_interpreter(model, threads=1)
     spec = input_specs(interpreter)[0]
     digest = hashlib.sha256()
     for sample in data["x"]:

@@ -8,7 +8,7 @@ find it on ``LD_LIBRARY_PATH`` exactly as they would find the installed runtime,
 REAL TFLite runtime (ai-edge-litert) loads it, applies it (its ``Prepare`` sees the
 model's graph and, as the real delegate does for a model without ``edgetpu-custom-op``,
 claims no node) and runs the model on its CPU kernels. Through it run edgecnn's runtime
-layer (``load_delegate("edgetpu")`` + ``load_interpreter``), the device runner's
+layer (``make_interpreter(model, delegate="edgetpu", device=...)``), the device runner's
 ``--delegate edgetpu`` (``make_delegates``, via ``run_local`` on a ``coral`` target) and
 ``edgecnn demo --delegate edgetpu``; each must load the delegate with the device option
 asked for, give the same outputs as the CPU run, and report a missing accelerator in one
@@ -34,7 +34,8 @@ import numpy as np
 import pytest
 from helpers import assert_one_line_error, build_fake_libedgetpu
 
-from edgecnn.runtime.interpreter import load_interpreter, predict
+from edgecnn.runtime.interpreter import make_interpreter, predict
+from edgecnn.targets import parse_target
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is needed to build the fake libedgetpu")
 
@@ -72,24 +73,27 @@ _RUNTIME_SCRIPT = """
 import gc, json, sys
 import numpy as np
 from edgecnn.errors import DeviceError
-from edgecnn.runtime.interpreter import load_delegate, load_interpreter, predict
+from edgecnn.runtime.interpreter import make_interpreter, predict
 try:
-    delegate = load_delegate("edgetpu", device=sys.argv[3])
+    interpreter = make_interpreter(sys.argv[1], delegate=sys.argv[4], device=sys.argv[3] or None, threads=1)
 except DeviceError as exc:
+    gc.collect()  # a half-built Delegate freed here must not print "Exception ignored" either
     print(json.dumps({"error": str(exc)}))
     sys.exit(0)
-interpreter = load_interpreter(sys.argv[1], delegates=[delegate])
 scores = predict(interpreter, np.load(sys.argv[2])["x"])
-del interpreter, delegate
+del interpreter
 gc.collect()
 print(json.dumps({"scores": scores.tolist()}))
 """
 
 
-def _runtime_layer(model: Path, npz: Path, device: str) -> dict:
-    proc = subprocess.run([sys.executable, "-c", _RUNTIME_SCRIPT, str(model), str(npz), device],
+def _runtime_layer(model: Path, npz: Path, device: str, delegate: str = "edgetpu") -> dict:
+    """``make_interpreter(model, delegate=..., device=...)`` in a child: its scores, or its error."""
+    proc = subprocess.run([sys.executable, "-c", _RUNTIME_SCRIPT, str(model), str(npz), device, delegate],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+    # Nothing but the one result: no traceback from the failed Delegate's __del__.
+    assert "Exception ignored" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     return json.loads(proc.stdout.splitlines()[-1])
 
 
@@ -97,7 +101,7 @@ def test_runtime_layer_runs_a_model_through_the_edgetpu_delegate(edgetpu, bench_
     got = _runtime_layer(bench_models["int8"], bench_models["npz"], "usb:0")
     assert "error" not in got, got["error"]
     # The delegate claims no node, so the CPU kernels compute exactly what they do without it.
-    expected = predict(load_interpreter(bench_models["int8"]), _samples(bench_models["npz"]))
+    expected = predict(make_interpreter(bench_models["int8"]), _samples(bench_models["npz"]))
     assert np.array_equal(np.asarray(got["scores"], np.float32), expected)
     assert len(np.unique(expected.argmax(axis=-1))) > 1  # not a constant model
     # The runtime created it with the device asked for, showed it the model's 3 nodes (again
@@ -117,18 +121,34 @@ def test_runtime_layer_says_when_no_edgetpu_is_connected(edgetpu, bench_models, 
     assert edgetpu() == ["create device=usb:0: not connected"]
 
 
+def test_runtime_layer_loads_a_delegate_by_library_path(edgetpu, bench_models, fake_lib_dir):
+    got = _runtime_layer(bench_models["int8"], bench_models["npz"], "", delegate=str(fake_lib_dir / "libedgetpu.so.1"))
+    assert "error" not in got, got["error"]
+    assert edgetpu()[:2] == ["create device=(any)", "prepare nodes=3"]
+
+
+def test_runtime_layer_names_a_delegate_library_that_does_not_load(edgetpu, bench_models, tmp_path):
+    missing = tmp_path / "libnothere.so"
+    got = _runtime_layer(bench_models["int8"], bench_models["npz"], "", delegate=str(missing))
+    message = got["error"]
+    assert "\n" not in message and message.startswith(f"cannot load the delegate {missing} (")
+    assert message.endswith("check the path and that the library matches this runtime")
+    assert edgetpu() == []
+
+
 # ------------------------------------------------------------------- device runner
 
 
 def test_bench_runner_runs_on_the_edgetpu_delegate(edgetpu, bench_models):
     from edgecnn.bench.local import run_local
 
-    coral = run_local(bench_models["int8"], "coral:usb", runs=5, warmup=1, timeout_s=120,
+    coral = run_local(bench_models["int8"], parse_target("coral:usb"), runs=5, warmup=1, timeout_s=120,
                       inputs_npz=bench_models["npz"])
     assert coral["status"] == "ok", coral["reason"]
     assert coral["delegate"] == "edgetpu:libedgetpu.so.1 (device usb)"
     assert edgetpu()[:2] == ["create device=usb", "prepare nodes=3"]
-    cpu = run_local(bench_models["int8"], "local", runs=5, warmup=1, timeout_s=120, inputs_npz=bench_models["npz"])
+    cpu = run_local(bench_models["int8"], parse_target("local"), runs=5, warmup=1, timeout_s=120,
+                    inputs_npz=bench_models["npz"])
     assert cpu["status"] == "ok" and cpu["delegate"] is None
     assert coral["outputs_sha256"] == cpu["outputs_sha256"] and coral["samples"] == cpu["samples"] == 40
     assert coral["accuracy"] == cpu["accuracy"] > 0.5
@@ -138,7 +158,7 @@ def test_bench_runner_without_a_connected_edgetpu_fails_in_one_line(edgetpu, ben
     from edgecnn.bench.local import run_local
 
     monkeypatch.setenv("FAKE_EDGETPU_DEVICES", "pci:0")  # one is there, but not on USB
-    r = run_local(bench_models["int8"], "coral:usb", runs=5, warmup=1, timeout_s=120)
+    r = run_local(bench_models["int8"], parse_target("coral:usb"), runs=5, warmup=1, timeout_s=120)
     assert r["status"] == "failed" and "\n" not in r["reason"]
     assert "cannot load the Edge TPU delegate libedgetpu.so.1" in r["reason"]
     assert "no Edge TPU 'usb' is connected" in r["reason"]
@@ -149,7 +169,7 @@ def test_a_compiled_model_the_delegate_does_not_run_is_explained(edgetpu, bench_
     """As with a libedgetpu older than the compiler: the delegate loads but leaves the op alone."""
     from edgecnn.bench.local import run_local
 
-    r = run_local(bench_models["edgetpu"], "coral:usb", runs=2, warmup=0, timeout_s=120)
+    r = run_local(bench_models["edgetpu"], parse_target("coral:usb"), runs=2, warmup=0, timeout_s=120)
     assert r["status"] == "failed" and "\n" not in r["reason"]
     assert edgetpu()[:1] == ["create device=usb"]
     assert "--target coral" not in r["reason"]  # it is on coral already

@@ -24,7 +24,7 @@ from edgecnn.runtime.interpreter import (  # noqa: E402
     IoSpec,
     dequantize_output,
     input_specs,
-    load_interpreter,
+    make_interpreter,
     output_specs,
     quantize_input,
 )
@@ -111,7 +111,7 @@ def video(tmp_path_factory):
 
 def _reference(model_path, frames, k=3):
     """Top-k per frame, computed without the demo's code."""
-    interpreter = load_interpreter(model_path)
+    interpreter = make_interpreter(model_path)
     spec, out = input_specs(interpreter)[0], output_specs(interpreter)[0]
     norm = NormalizationSpec((127.5,) * 3, (127.5,) * 3)
     results = []
@@ -245,3 +245,67 @@ def test_a_grayscale_model_gets_gray_inputs(tmp_path):
     expected = cv2.resize(expected, (32, 32), interpolation=cv2.INTER_AREA)
     assert np.array_equal(demo.transform.pixels(frame)[..., 0], expected)
     assert run_demo(gray, str(folder), headless=True).frames == 1
+
+
+# ------------------------------------------------------------------- bundles and delegates
+
+
+def _bundle(folder, model, manifest, metadata) -> None:
+    import shutil
+
+    from edgecnn.bundle_layout import BUNDLE_MANIFEST, BUNDLE_METADATA
+
+    folder.mkdir()
+    shutil.copyfile(model, folder / model.name)
+    (folder / BUNDLE_MANIFEST).write_text(json.dumps(manifest))
+    if metadata is not None:
+        (folder / BUNDLE_METADATA).write_text(metadata if isinstance(metadata, str) else json.dumps(metadata))
+
+
+def test_a_bundle_folder_gives_the_model_and_its_labels(tmp_path):
+    from edgecnn.demo.app import load_demo_model
+
+    plain = build_tiny_classifier(tmp_path, "int8", metadata=False)
+    labels = [f"c{i}" for i in range(10)]
+    meta = {"classes": labels, "normalization": {"mean": [127.5] * 3, "std": [127.5] * 3}}
+    _bundle(tmp_path / "b", plain, {"models": [{"file": plain.name}]}, meta)
+    demo = load_demo_model(tmp_path / "b", threads=1)
+    assert demo.path == tmp_path / "b" / plain.name and demo.labels == labels
+    assert demo.info_source == str(tmp_path / "b" / "metadata.json")
+
+
+@pytest.mark.parametrize("manifest,metadata,needle", [
+    ({"models": []}, None, "bundle.json: lists no model; re-create the bundle"),
+    ({"models": [{"file": "m.tflite"}]}, "{not json", "metadata.json: unreadable ("),
+    ({"models": [{"file": "m.tflite"}]}, ["a list"], "metadata.json: holds a JSON list, not an object"),
+    ({"models": [{"file": "m.tflite"}]}, {"classes": ["a"]}, "metadata.json: lacks classes or normalization"),
+])
+def test_a_broken_bundle_is_one_line(tmp_path, manifest, metadata, needle):
+    from helpers import assert_raised_error
+
+    from edgecnn.demo.app import load_demo_model
+
+    plain = build_tiny_classifier(tmp_path, "int8", metadata=False)
+    renamed = plain.with_name("m.tflite")
+    plain.rename(renamed)
+    _bundle(tmp_path / "b", renamed, manifest, metadata)
+    with pytest.raises(ModelFileError) as exc:
+        load_demo_model(tmp_path / "b")
+    assert_raised_error(exc, ModelFileError, needle)
+
+
+def test_a_delegate_library_that_does_not_load_is_one_clean_line(model, tmp_path, capsys):
+    """Through make_interpreter: one DeviceError line, and no "Exception ignored" from Delegate.__del__."""
+    import gc
+
+    from helpers import assert_raised_error
+
+    from edgecnn.demo.app import load_demo_model
+
+    missing = tmp_path / "libmissing.so"
+    with pytest.raises(DeviceError) as exc:
+        load_demo_model(model, delegate=str(missing))
+    assert_raised_error(exc, DeviceError, f"cannot load the delegate {missing} (", "check the path")
+    del exc
+    gc.collect()
+    assert "Exception ignored" not in capsys.readouterr().err

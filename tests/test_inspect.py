@@ -33,7 +33,7 @@ from edgecnn.runtime.interpreter import (
     IoSpec,
     dequantize_output,
     evaluate_tflite,
-    load_interpreter,
+    make_interpreter,
     predict,
     quantize_input,
 )
@@ -401,15 +401,15 @@ def test_quantize_dequantize_round_trip():
 
 def test_predict_int8_agrees_with_float(models):
     x, y = _toy_data(64, seed=1)
-    scores_f = predict(load_interpreter(models["float"], num_threads=1), x, batch_size=16)
+    scores_f = predict(make_interpreter(models["float"], threads=1), x, batch_size=16)
     assert np.allclose(scores_f, models["keras_scores"], atol=1e-4)
-    i8 = load_interpreter(models["int8"].read_bytes(), num_threads=1)
+    i8 = make_interpreter(models["int8"].read_bytes(), threads=1)
     scores_q = predict(i8, x, batch_size=10)  # uneven last batch forces a resize
     assert scores_q.shape == (64, NUM_CLASSES) and scores_q.dtype == np.float32
     assert (scores_q.argmax(1) == scores_f.argmax(1)).mean() >= 0.9
-    fixed = load_interpreter(models["fixed"])
+    fixed = make_interpreter(models["fixed"])
     assert np.allclose(predict(fixed, x[:5]), scores_f[:5], atol=1e-4)
-    assert np.allclose(predict(load_interpreter(models["offset"]), x), scores_f, atol=1e-4)
+    assert np.allclose(predict(make_interpreter(models["offset"]), x), scores_f, atol=1e-4)
 
     acc = evaluate_tflite(models["int8"], x, y, num_threads=1, batch_size=32)
     assert acc == pytest.approx((scores_q.argmax(1) == y).mean())
@@ -421,10 +421,12 @@ def test_predict_int8_agrees_with_float(models):
 def test_load_interpreter_errors(models, monkeypatch, tmp_path):
     half = models["int8"].read_bytes()[:1500]
     with pytest.raises(ModelFileError, match="cannot load"):
-        load_interpreter(half, check=False)  # the runtime's own refusal, wrapped
+        make_interpreter(half, check=False)  # the runtime's own refusal, wrapped
     with pytest.raises(ModelFileError, match="no such file"):
-        load_interpreter(tmp_path / "nope.tflite")
-    monkeypatch.setattr(rt, "_RUNTIMES", (("no-such-runtime", "no_such_pkg", "no_such_pkg.interpreter"),))
+        make_interpreter(tmp_path / "nope.tflite")
+    from edgecnn.runtime import runner
+
+    monkeypatch.setattr(runner, "RUNTIMES", (("no-such-runtime", "no_such_pkg.interpreter"), ("tensorflow", "tensorflow")))
     monkeypatch.setattr(rt.importlib.util, "find_spec", lambda name, *a, **k: None)
     with pytest.raises(MissingDependencyError, match="pip install ai-edge-litert"):
         rt.runtime_name_version()
@@ -474,11 +476,11 @@ def _batch_one_model() -> bytes:
 def test_predict_falls_back_to_one_sample_per_invoke():
     pytest.importorskip("ai_edge_litert", reason="builds its model with ai_edge_litert's schema")
     data = _batch_one_model()
-    probe = load_interpreter(data)
+    probe = make_interpreter(data)
     probe.resize_tensor_input(0, [4, 2])
     with pytest.raises(RuntimeError, match="RESHAPE"):
         probe.allocate_tensors()  # the real runtime refuses batch 4: the path under test
-    interpreter = load_interpreter(data)
+    interpreter = make_interpreter(data)
     x = np.arange(10, dtype=np.float32).reshape(5, 2)
     out = predict(interpreter, x, batch_size=4)
     # q = round(x / 0.5) + 1, read back as (q - 0) * 0.25

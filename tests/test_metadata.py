@@ -27,7 +27,7 @@ from edgecnn.tflite.metadata import (
     write_metadata,
 )
 from edgecnn.tflite.reader import metadata_buffer_span
-from edgecnn.runtime.interpreter import input_specs, load_interpreter, output_specs
+from edgecnn.runtime.interpreter import input_specs, make_interpreter, output_specs
 from helpers import FASHION_LABELS, assert_raised_error, build_tiny_classifier
 
 
@@ -39,7 +39,7 @@ def plain(tmp_path_factory):
 
 
 def _outputs(model, n=8):
-    interpreter = load_interpreter(model)
+    interpreter = make_interpreter(model)
     spec, out = input_specs(interpreter)[0], output_specs(interpreter)[0]
     rng = np.random.RandomState(1)
     results = []

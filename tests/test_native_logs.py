@@ -31,10 +31,10 @@ import sys, tempfile
 sys.path.insert(0, {str(TESTS)!r})
 from pathlib import Path
 from helpers import build_tiny_classifier
-from edgecnn.runtime.interpreter import load_interpreter
+from edgecnn.runtime.interpreter import make_interpreter
 folder = Path(tempfile.mkdtemp())
 model = build_tiny_classifier(folder, io_dtype="int8", metadata=False)
-load_interpreter(model)
+make_interpreter(model)
 print("converted", model.stat().st_size, file=sys.stderr)
 """
 

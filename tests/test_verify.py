@@ -148,13 +148,13 @@ def test_float_outputs_tolerance_and_non_finite():
 
 
 def test_runner_reports_the_raw_outputs_it_computed(bench_models):
-    from edgecnn.runtime.interpreter import input_specs, load_interpreter, output_specs, quantize_input
+    from edgecnn.runtime.interpreter import input_specs, make_interpreter, output_specs, quantize_input
 
     r = run_local(bench_models["int8"], LOCAL, runs=1, warmup=0, timeout_s=60, inputs_npz=bench_models["npz"],
                   extra_runner_args=["--report-outputs"])
     assert r["status"] == "ok", r["reason"]
     reported = r["details"]["outputs"]
-    interpreter = load_interpreter(bench_models["int8"], num_threads=1)
+    interpreter = make_interpreter(bench_models["int8"], threads=1)
     spec, out = input_specs(interpreter)[0], output_specs(interpreter)[0]
     expected = []
     for sample in np.load(bench_models["npz"])["x"]:

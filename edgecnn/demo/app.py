@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import gc
 import json
 import os
-import platform
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from edgecnn.bundle_layout import BUNDLE_MANIFEST, BUNDLE_METADATA, load_bundle_metadata, read_bundle_json
 from edgecnn.demo.core import FpsMeter, InputTransform, dequantize, top_k
 from edgecnn.errors import DataError, DeviceError, FilesystemError, MissingDependencyError, ModelFileError
 from edgecnn.fileio import atomic_path
@@ -38,7 +36,6 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 WINDOW = "edgecnn demo"
 # A camera that returns this many failed reads in a row has stopped delivering frames.
 _CAMERA_FAILED_READS = 30
-_EDGETPU_LIBRARIES = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}
 
 
 def _cv2():
@@ -77,67 +74,41 @@ def _model_info(path: Path) -> tuple[list[str], list[float], list[float], str]:
         meta = read_metadata(path)
         if meta["labels"] and meta["mean"] is not None:
             return meta["labels"], meta["mean"], meta["std"], "TFLite metadata"
-    bundle_meta = path.parent / "metadata.json"
-    if bundle_meta.is_file():
-        data = json.loads(bundle_meta.read_text())
-        return data["classes"], data["normalization"]["mean"], data["normalization"]["std"], str(bundle_meta)
+    if (path.parent / BUNDLE_METADATA).is_file():
+        data = load_bundle_metadata(path.parent)
+        return (*_labels_and_normalization(data, "classes", path.parent / BUNDLE_METADATA),
+                str(path.parent / BUNDLE_METADATA))
     dataset = path.parent / "dataset.json"
     if dataset.is_file():
-        data = json.loads(dataset.read_text())
-        return data["class_names"], data["normalization"]["mean"], data["normalization"]["std"], str(dataset)
+        data = read_bundle_json(dataset, "re-run 'edgecnn build' to write it again")
+        return (*_labels_and_normalization(data, "class_names", dataset), str(dataset))
     raise ModelFileError(f"{path}: no labels or normalization: the model has no TFLite metadata and no bundle "
-                         "metadata.json or run dataset.json lies beside it; re-export it with 'edgecnn build' "
+                         f"{BUNDLE_METADATA} or run dataset.json lies beside it; re-export it with 'edgecnn build' "
                          "or pass a bundle folder")
+
+
+def _labels_and_normalization(data: dict, labels_key: str, source: Path) -> tuple[list[str], list, list]:
+    try:
+        return list(data[labels_key]), data["normalization"]["mean"], data["normalization"]["std"]
+    except (KeyError, TypeError):
+        raise ModelFileError(f"{source}: lacks {labels_key} or normalization.mean/std; "
+                             "re-create it with edgecnn") from None
 
 
 def _resolve_model(model: str | os.PathLike) -> Path:
     path = Path(model)
     if path.is_dir():
-        manifest = path / "bundle.json"
+        manifest = path / BUNDLE_MANIFEST
         if not manifest.is_file():
-            raise ModelFileError(f"{path}: a folder passed as --model must be an edgecnn bundle (bundle.json); "
+            raise ModelFileError(f"{path}: a folder passed as --model must be an edgecnn bundle ({BUNDLE_MANIFEST}); "
                                  "pass the .tflite file instead")
-        models = json.loads(manifest.read_text()).get("models") or []
-        if not models:
+        models = read_bundle_json(manifest, "re-create the bundle with 'edgecnn bundle'").get("models") or []
+        if not isinstance(models, list) or not models or not isinstance(models[0], dict) or "file" not in models[0]:
             raise ModelFileError(f"{manifest}: lists no model; re-create the bundle")
         return path / models[0]["file"]
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file or bundle folder; check the path")
     return path
-
-
-def _delegates(name: str | None) -> list | None:
-    if not name:
-        return None
-    import importlib
-
-    load_delegate = None
-    for module in ("ai_edge_litert.interpreter", "tflite_runtime.interpreter"):
-        try:
-            load_delegate = importlib.import_module(module).load_delegate
-            break
-        except (ImportError, AttributeError):
-            continue
-    if load_delegate is None:
-        raise MissingDependencyError("no TFLite runtime with delegate support; pip install ai-edge-litert")
-    library = _EDGETPU_LIBRARIES.get(platform.system(), "libedgetpu.so.1") if name == "edgetpu" else name
-    first = None
-    # A Delegate whose library fails to load raises in __init__ and then again in
-    # __del__ ("'Delegate' object has no attribute '_library'"), which Python prints as
-    # "Exception ignored ..." with a traceback under the one error line. That second
-    # failure says nothing new: drop it while the half-built object is freed.
-    hook = sys.unraisablehook
-    sys.unraisablehook = lambda unraisable: None
-    try:
-        return [load_delegate(library)]
-    except (ValueError, OSError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    finally:
-        gc.collect()
-        sys.unraisablehook = hook
-    hint = ("install the Edge TPU runtime (libedgetpu1-std) and plug the accelerator in"
-            if name == "edgetpu" else "check the delegate library path")
-    raise DeviceError(f"cannot load the {name} delegate {library} ({first}); {hint}")
 
 
 def load_demo_model(model: str | os.PathLike, threads: int | None = None, delegate: str | None = None) -> DemoModel:
@@ -148,11 +119,11 @@ def load_demo_model(model: str | os.PathLike, threads: int | None = None, delega
             and normalization anywhere.
         DeviceError: the delegate does not load.
     """
-    from edgecnn.runtime.interpreter import input_specs, load_interpreter, output_specs
+    from edgecnn.runtime.interpreter import input_specs, make_interpreter, output_specs
 
     path = _resolve_model(model)
     labels, mean, std, source = _model_info(path)
-    interpreter = load_interpreter(path, num_threads=threads, delegates=_delegates(delegate))
+    interpreter = make_interpreter(path, delegate=delegate, threads=threads)
     ins, outs = input_specs(interpreter), output_specs(interpreter)
     if len(ins) != 1 or len(ins[0].shape) != 4:
         raise ModelFileError(f"{path}: the demo runs image classifiers with one (1, H, W, C) input; "

@@ -32,6 +32,7 @@ import os
 import platform
 import shutil
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -53,7 +54,8 @@ MODEL_CHOICES = (*BUNDLE_PRECISIONS, "all")
 
 
 def write_bundle(run_dir: str | os.PathLike, out_dir: str | os.PathLike, model: str = "int8",
-                 samples: int = GOLDEN_SAMPLES, recipe=None, dataset=None, force: bool = False) -> Path:
+                 samples: int = GOLDEN_SAMPLES, recipe=None, dataset=None, force: bool = False,
+                 models: Sequence[tuple[str, str, Path]] | None = None) -> Path:
     """Write a deploy bundle of ``run_dir``'s model(s) to ``out_dir``.
 
     Args:
@@ -68,6 +70,10 @@ def write_bundle(run_dir: str | os.PathLike, out_dir: str | os.PathLike, model: 
         dataset: an already loaded :class:`~edgecnn.data.Dataset` (the pipeline passes
             its own), else the test split is loaded from the recipe.
         force: replace an existing bundle edgecnn wrote at ``out_dir``.
+        models: ``(artifact name, precision, path)`` of the models to bundle, as the
+            pipeline's artifact store lists them (then ``model`` is not used); default:
+            the run directory's files of ``model``'s precisions, by the export table's
+            file names (for a finished run directory given on the command line).
 
     Returns:
         ``out_dir`` as a Path.
@@ -97,7 +103,14 @@ def write_bundle(run_dir: str | os.PathLike, out_dir: str | os.PathLike, model: 
         recipe = validate_recipe(read_bundle_json(run / "manifest.json", fix).get("recipe"),
                                  source=str(run / "manifest.json"))
     wanted = BUNDLE_PRECISIONS if model == "all" else (model,)
-    chosen = [(p, run / get_format(p).filename) for p in wanted if (run / get_format(p).filename).is_file()]
+    if models is not None:
+        # int8 first, as without ``models``: the first model is the bundle's model (demo, README).
+        order = {p: i for i, p in enumerate(BUNDLE_PRECISIONS)}
+        chosen = sorted(((precision, Path(path), name) for name, precision, path in models),
+                        key=lambda row: order.get(row[0], len(order)))
+    else:
+        chosen = [(p, run / get_format(p).filename, f"tflite_{p}") for p in wanted
+                  if (run / get_format(p).filename).is_file()]
     if not chosen:
         raise ModelFileError(f"{run}: no {' or '.join(get_format(p).filename for p in wanted)} in the run "
                              f"directory; build it first (quantize.int8 / export.formats)")
@@ -115,11 +128,11 @@ def write_bundle(run_dir: str | os.PathLike, out_dir: str | os.PathLike, model: 
         # A standalone bundle reads the finished report; inside a build it is not written yet.
         report = _optional_json(run / "report.json") if standalone else {}
         models = []
-        for precision, src in chosen:
+        for precision, src, name in chosen:
             dst = tmp / src.name
             shutil.copyfile(src, dst)
             spec = _golden(dst, x_real, y_test, tmp / golden_name(precision))
-            accuracy = evaluation.get("models", {}).get(f"tflite_{precision}", {}).get("accuracy")
+            accuracy = evaluation.get("models", {}).get(name, {}).get("accuracy")
             models.append({"file": src.name, "precision": precision, "golden": golden_name(precision),
                            "accuracy": accuracy, **spec})
         (tmp / LABELS_FILE).write_text("\n".join(classes) + "\n", encoding="utf-8")
@@ -201,9 +214,9 @@ def _golden(model: Path, x_real: np.ndarray, y: np.ndarray, path: Path) -> dict:
     """Write ``x`` (as the model's input holds it), ``y``, the host's raw ``outputs`` and
     the runtime that computed them; return the model's I/O spec and that runtime."""
     from edgecnn.tflite.reader import inspect_tflite
-    from edgecnn.runtime.interpreter import input_specs, load_interpreter, output_specs, quantize_input
+    from edgecnn.runtime.interpreter import input_specs, make_interpreter, output_specs, quantize_input
 
-    interpreter = load_interpreter(model)
+    interpreter = make_interpreter(model)
     ins, outs = input_specs(interpreter), output_specs(interpreter)
     if len(ins) != 1 or len(outs) != 1:
         raise ModelFileError(f"{model}: a bundle holds one-input, one-output classifiers; this one has "

@@ -1,9 +1,13 @@
-"""The one place that loads a TFLite interpreter, plus pure (de)quantization helpers.
+"""The host's runtime layer: one :func:`make_interpreter`, plus pure (de)quantization helpers.
 
-Runtimes are tried in order: ``ai_edge_litert`` (LiteRT, the supported package),
-``tflite_runtime`` (older devices), then ``tensorflow.lite`` (only if TensorFlow is
-installed anyway; importing it is slow). Nothing here imports TensorFlow unless the
-first two are missing.
+Evaluation, bundles' golden outputs, ``verify`` and the demo load models through
+:func:`make_interpreter`. Runtime discovery, interpreter construction, the Edge TPU
+library table and delegate loading are the device runner's
+(:mod:`edgecnn.runtime.runner`, which devices run alone), so a model loads the same way
+on the host, in the bench and on a device. Runtimes are tried in order: ``ai_edge_litert``
+(LiteRT, the supported package), ``tflite_runtime`` (older devices), then
+``tensorflow.lite`` (only if TensorFlow is installed anyway; it is imported through
+:mod:`edgecnn._tf`, and only when the first two are missing).
 
 The numeric helpers follow TFLite's affine quantization, ``real = scale * (q - zero_point)``
 (Jacob et al. 2018, https://arxiv.org/abs/1712.05877), and are pure numpy so they can be
@@ -12,23 +16,21 @@ tested on any host.
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import os
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from edgecnn.runtime.runner import quantize_values
 from edgecnn.errors import DataError, DeviceError, MissingDependencyError, ModelFileError
+from edgecnn.runtime import runner
 
 __all__ = [
+    "RUNTIME_NAMES",
     "IoSpec",
-    "load_delegate",
-    "load_interpreter",
+    "make_interpreter",
     "runtime_name_version",
     "input_specs",
     "output_specs",
@@ -38,7 +40,8 @@ __all__ = [
     "evaluate_tflite",
 ]
 
-_INSTALL_HINT = "pip install ai-edge-litert"
+# The pip names ``make_interpreter(runtime=...)`` accepts, most preferred first.
+RUNTIME_NAMES = tuple(name for name, _ in runner.RUNTIMES)
 
 
 # --------------------------------------------------------------------- runtime choice
@@ -49,101 +52,58 @@ class _Runtime:
     name: str  # the pip distribution name
     version: str
     interpreter_class: Any
+    load_delegate: Any
 
 
-# (pip distribution, import name, module holding ``Interpreter``), most preferred first.
-_RUNTIMES = (
-    ("ai-edge-litert", "ai_edge_litert", "ai_edge_litert.interpreter"),
-    ("tflite-runtime", "tflite_runtime", "tflite_runtime.interpreter"),
-)
-
-
-def _find_runtime() -> _Runtime:
-    """Return the first TFLite runtime that imports, in order of preference."""
-    for dist, package, module in _RUNTIMES:
-        try:
-            interpreter_module = importlib.import_module(module)
-        except ImportError:
-            continue  # not installed here: the next runtime may be
-        return _Runtime(dist, _dist_version(dist, package), interpreter_module.Interpreter)
-    # Probe without importing: TensorFlow must be imported through edgecnn._tf.
+def _import_tensorflow():
+    # Probe without importing: TensorFlow is imported only through edgecnn._tf, which
+    # selects Keras 2 first.
     if importlib.util.find_spec("tensorflow") is None:
-        raise MissingDependencyError(
-            f"no TFLite runtime is installed (tried ai_edge_litert, tflite_runtime, "
-            f"tensorflow); {_INSTALL_HINT}")
+        raise ImportError("tensorflow is not installed")
     from edgecnn._tf import tensorflow
 
-    tf = tensorflow()
-    return _Runtime("tensorflow", tf.__version__, tf.lite.Interpreter)
+    return tensorflow()
 
 
-def _dist_version(dist: str, module: str) -> str:
+def _find_runtime(runtime: str | None = None) -> _Runtime:
+    if runtime is not None and runtime not in RUNTIME_NAMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIME_NAMES)} or None, got {runtime!r}")
     try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        # Installed from source or vendored: fall back to the module's own attribute.
-        return str(getattr(importlib.import_module(module), "__version__", "unknown"))
+        return _Runtime(*runner.load_runtime(runtime, import_tensorflow=_import_tensorflow))
+    except runner.RunnerFailure as exc:
+        raise MissingDependencyError(str(exc)) from None
 
 
-def runtime_name_version() -> tuple[str, str]:
-    """Name and version of the runtime :func:`load_interpreter` would use.
+def runtime_name_version(runtime: str | None = None) -> tuple[str, str]:
+    """Name and version of the runtime :func:`make_interpreter` would use.
+
+    Args:
+        runtime: as in :func:`make_interpreter`.
 
     Returns:
         ``(pip distribution name, version)``, e.g. ``("ai-edge-litert", "2.3.0")``.
 
     Raises:
-        MissingDependencyError: no TFLite runtime is installed.
+        MissingDependencyError: no TFLite runtime (or not ``runtime``) is installed.
     """
-    rt = _find_runtime()
+    rt = _find_runtime(runtime)
     return rt.name, rt.version
 
 
-def load_delegate(name: str, device: str | None = None):
-    """Load a delegate for the runtime :func:`load_interpreter` uses.
-
-    The Edge TPU library name per OS and the install hints are the device runner's
-    (:func:`edgecnn.runtime.runner.make_delegates`), so the bench, the demo and this layer
-    load ``edgetpu`` the same way: by library name, found by the dynamic linker.
+def make_interpreter(model: str | os.PathLike | bytes | bytearray | memoryview, *,
+                     runtime: str | None = None, delegate: str | None = None, device: str | None = None,
+                     threads: int | None = None, check: bool = True):
+    """Load a TFLite model into an interpreter with tensors allocated: edgecnn's one way.
 
     Args:
-        name: ``"edgetpu"`` (``libedgetpu.so.1`` on Linux), or the path of a TFLite
+        model: a ``.tflite`` path, or the model's bytes.
+        runtime: one of :data:`RUNTIME_NAMES` (``"ai-edge-litert"``, ``"tflite-runtime"``,
+            ``"tensorflow"``); None takes the first installed, in that order.
+        delegate: None (CPU), ``"edgetpu"`` (``libedgetpu.so.1`` on Linux, found by the
+            dynamic linker, as the device runner loads it) or the path of a TFLite
             external delegate library.
         device: the delegate's ``device`` option (Edge TPU: ``usb``, ``usb:0``, ``pci``).
-
-    Returns:
-        The runtime's delegate object, to pass in ``load_interpreter(delegates=[...])``.
-
-    Raises:
-        DeviceError: the library is missing or refuses to load (for the Edge TPU: no
-            accelerator connected); one line with the fix.
-        MissingDependencyError: no TFLite runtime is installed.
-    """
-    from edgecnn.runtime.runner import RunnerFailure, make_delegates
-
-    if not name:
-        raise ValueError("name the delegate: 'edgetpu' or a library path")
-    runtime = _find_runtime()
-    # Each runtime's load_delegate lives next to its Interpreter class.
-    loader = getattr(importlib.import_module(runtime.interpreter_class.__module__), "load_delegate", None)
-    if loader is None:
-        raise MissingDependencyError(f"{runtime.name} {runtime.version} cannot load delegates; {_INSTALL_HINT}")
-    try:
-        delegates, _ = make_delegates(loader, name, device)
-    except RunnerFailure as exc:
-        raise DeviceError(str(exc)) from None
-    return delegates[0]
-
-
-def load_interpreter(path_or_bytes: str | os.PathLike | bytes | bytearray | memoryview,
-                     num_threads: int | None = None,
-                     delegates: Sequence[Any] | None = None,
-                     check: bool = True):
-    """Load a TFLite model into an interpreter with tensors allocated.
-
-    Args:
-        path_or_bytes: a ``.tflite`` path, or the model's bytes.
-        num_threads: CPU threads for the kernels; None leaves the runtime's default.
-        delegates: delegate objects (e.g. from ``load_delegate``) applied in order.
+        threads: CPU threads for the kernels; None leaves the runtime's default.
         check: first parse the model with
             :func:`edgecnn.tflite.reader.inspect_tflite`, so that a truncated or
             foreign file fails with a message that says what is wrong (the runtime's
@@ -154,48 +114,45 @@ def load_interpreter(path_or_bytes: str | os.PathLike | bytes | bytearray | memo
 
     Raises:
         ModelFileError: the model is missing, malformed, or the runtime refuses it.
-        MissingDependencyError: no TFLite runtime is installed.
+        DeviceError: the delegate library is missing or refuses to load (for the Edge
+            TPU: no accelerator connected); one line with the fix.
+        MissingDependencyError: no TFLite runtime (or not ``runtime``) is installed.
     """
-    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
-        label = "<model bytes>"
-        source = {"model_content": bytes(path_or_bytes)}
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        label, source = "<model bytes>", bytes(model)
     else:
-        label = os.fspath(path_or_bytes)
+        label = source = os.fspath(model)
         if not Path(label).is_file():
             raise ModelFileError(f"{label}: no such file; check the path")
-        source = {"model_path": label}
-    if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
-        raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+    if device is not None and not delegate:
+        raise ValueError("device is an option of a delegate; pass delegate='edgetpu' (or a library) with it")
     if check:
         from edgecnn.tflite import reader as _inspect
 
-        if "model_content" in source:
-            _inspect.inspect_tflite_bytes(source["model_content"], label=label)
+        if isinstance(source, bytes):
+            _inspect.inspect_tflite_bytes(source, label=label)
         else:
             _inspect.inspect_tflite(label)
 
-    runtime = _find_runtime()
-    kwargs: dict[str, Any] = dict(source)
-    if num_threads is not None:
-        kwargs["num_threads"] = num_threads
-    if delegates:
-        kwargs["experimental_delegates"] = list(delegates)
+    rt = _find_runtime(runtime)
+    try:
+        delegates, _ = runner.make_delegates(rt.load_delegate, delegate, device)
+    except runner.RunnerFailure as exc:
+        raise DeviceError(str(exc)) from None
     from edgecnn._tf import native_stderr_silenced  # stdlib-only module; TF is not imported
 
     try:
         # The runtime logs "Created TensorFlow Lite XNNPACK delegate" to fd 2 on every load.
         with native_stderr_silenced():
-            interpreter = runtime.interpreter_class(**kwargs)
-            interpreter.allocate_tensors()
+            return runner.new_interpreter(rt.interpreter_class, source, threads, delegates)
     except (ValueError, RuntimeError) as exc:
-        # Runtimes report corrupt models and unsupported ops as ValueError/RuntimeError
-        # with multi-line native logs; keep the first line for the one-line CLI error.
-        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        # Keep the first line of the runtime's multi-line native log for the one-line error.
         fix = ("check the delegate, or run without it" if delegates else
                "re-export the model, or upgrade the runtime if it uses newer ops")
-        raise ModelFileError(f"{label}: {runtime.name} {runtime.version} cannot load it ({first}); "
+        raise ModelFileError(f"{label}: {rt.name} {rt.version} cannot load it ({runner.first_line(exc)}); "
                              f"{fix}") from None
-    return interpreter
 
 
 # ---------------------------------------------------------------------- I/O specs
@@ -275,7 +232,7 @@ def quantize_input(x_float: np.ndarray, spec: IoSpec) -> np.ndarray:
     Returns:
         An array of ``spec.dtype`` with the shape of ``x_float``.
     """
-    return quantize_values(x_float, spec.dtype, spec.scale if spec.is_quantized else 0.0, spec.zero_point)
+    return runner.quantize_values(x_float, spec.dtype, spec.scale if spec.is_quantized else 0.0, spec.zero_point)
 
 
 def dequantize_output(y: np.ndarray, spec: IoSpec) -> np.ndarray:
@@ -304,15 +261,16 @@ def predict(interpreter, x_float_batch: np.ndarray, output: int = 0,
             batch_size: int = 32) -> np.ndarray:
     """Run a single-input model on a batch of real-valued samples.
 
-    Inputs are quantized and outputs dequantized as the tensors require. When the
-    model's batch dimension is dynamic (signature -1) the input is resized to run up to
-    ``batch_size`` samples per invoke; otherwise samples run one at a time.
+    Inputs are quantized and outputs dequantized as the tensors require. The input is
+    resized to run up to ``batch_size`` samples per invoke: at once when the model's
+    batch dimension is dynamic (signature -1); for a static batch (what edgecnn exports)
+    once the first batch matched per-sample runs; otherwise samples run one at a time.
 
     Args:
-        interpreter: from :func:`load_interpreter`.
+        interpreter: from :func:`make_interpreter`.
         x_float_batch: array of shape ``(N, *input_shape[1:])``.
         output: which model output to return.
-        batch_size: samples per ``invoke`` when the batch dimension is resizable.
+        batch_size: samples per ``invoke`` when the model can be resized to it.
 
     Returns:
         float32 array of shape ``(N, *output_shape[1:])``.
@@ -337,7 +295,13 @@ def predict(interpreter, x_float_batch: np.ndarray, output: int = 0,
         out_shape = outs[output].shape[1:]
         return np.zeros((0, *out_shape), np.float32)
 
-    step = batch_size if spec.dynamic_batch else 1
+    # edgecnn exports a static batch of 1 (edgetpu_compiler needs it), and the CPU kernels
+    # still run such a model resized to a larger batch. A graph that bakes the batch in (a
+    # Reshape to a constant shape) may resize without complaint and compute something
+    # else, so for a static model the first batched chunk is checked against per-sample
+    # runs before batching is trusted.
+    step = batch_size
+    trusted = spec.dynamic_batch
     results = []
     start = 0
     while start < n:
@@ -345,9 +309,29 @@ def predict(interpreter, x_float_batch: np.ndarray, output: int = 0,
         if not _resize_input(interpreter, spec, chunk.shape):
             step = 1  # the runtime refused a larger batch: redo this chunk per sample
             continue
-        results.append(_invoke(interpreter, spec, chunk, output))
+        got = _invoke(interpreter, spec, chunk, output)
+        if not trusted and len(chunk) > 1:
+            if not _matches_single_runs(interpreter, spec, chunk[:2], got, output):
+                step = 1  # batching changes the results: this model runs one sample at a time
+                continue
+            trusted = True
+        results.append(got)
         start += len(chunk)
     return np.concatenate(results, axis=0)
+
+
+def _matches_single_runs(interpreter, spec: IoSpec, samples: np.ndarray, batched: np.ndarray, output: int) -> bool:
+    """Whether ``batched``'s first rows equal running ``samples`` one at a time (leaves batch 1).
+
+    Equal within a kernel's rounding: two quantization steps of an integer output (a
+    batched GEMM may round one accumulator differently), else 1e-4 on probabilities.
+    """
+    _resize_input(interpreter, spec, (1, *samples.shape[1:]))
+    single = np.concatenate([_invoke(interpreter, spec, s[None], output) for s in samples], axis=0)
+    if batched.shape[0] < len(samples) or batched.shape[1:] != single.shape[1:]:
+        return False
+    scale = IoSpec.from_details(interpreter.get_output_details()[output]).scale
+    return bool(np.allclose(batched[:len(samples)], single, rtol=0, atol=max(1e-4, 2 * scale)))
 
 
 def _check_sample_shape(x: np.ndarray, spec: IoSpec) -> None:
@@ -393,7 +377,7 @@ def _invoke(interpreter, spec: IoSpec, chunk: np.ndarray, output: int) -> np.nda
 
 
 def evaluate_tflite(path: str | os.PathLike, x_float: np.ndarray, y: np.ndarray,
-                    num_threads: int = 2, batch_size: int = 64) -> float:
+                    num_threads: int = 2, batch_size: int = 64, runtime: str | None = None) -> float:
     """Top-1 accuracy of a single-input classifier ``.tflite`` on real-valued samples.
 
     Args:
@@ -402,6 +386,7 @@ def evaluate_tflite(path: str | os.PathLike, x_float: np.ndarray, y: np.ndarray,
         y: integer labels ``(N,)`` or one-hot / score rows ``(N, classes)``.
         num_threads: CPU threads for the interpreter.
         batch_size: samples per invoke when the model's batch dimension is resizable.
+        runtime: as in :func:`make_interpreter`.
 
     Returns:
         Fraction of samples whose highest score is the label, in [0, 1].
@@ -416,6 +401,6 @@ def evaluate_tflite(path: str | os.PathLike, x_float: np.ndarray, y: np.ndarray,
         raise DataError("no samples to evaluate; pass a non-empty dataset")
     if len(labels) != len(x_float):
         raise DataError(f"{len(x_float)} samples but {len(labels)} labels; they must match")
-    interpreter = load_interpreter(path, num_threads=num_threads)
+    interpreter = make_interpreter(path, runtime=runtime, threads=num_threads)
     scores = predict(interpreter, x_float, batch_size=batch_size)
     return float(np.mean(scores.reshape(len(labels), -1).argmax(axis=-1) == labels))

@@ -19,8 +19,11 @@ becomes a result with ``status: "failed"`` and a one-line ``reason``, and the ex
 is 1; the caller always gets parseable JSON. (A runtime that aborts the process or hangs
 cannot be caught here; the host runs this file in a child process with a timeout.)
 
-Runtime, most preferred first: ``ai_edge_litert.interpreter`` (LiteRT),
+Runtime, most preferred first (``RUNTIMES``): ``ai_edge_litert.interpreter`` (LiteRT),
 ``tflite_runtime.interpreter`` (older devices), ``tensorflow.lite`` (a host with TF).
+This file is also edgecnn's one source of runtime discovery, interpreter construction,
+the Edge TPU library table and input quantization: the host's runtime layer
+(``edgecnn.runtime.interpreter.make_interpreter``) calls the functions here.
 
 Measurement:
     * ``init_ms``: interpreter construction (incl. delegates) + ``allocate_tensors()``.
@@ -96,8 +99,10 @@ with them.
 
 import argparse
 import datetime
+import gc
 import glob
 import hashlib
+import importlib
 import json
 import math
 import os
@@ -199,30 +204,75 @@ def one_line(text, limit=500):
 # ------------------------------------------------------------------------------ runtime
 
 
-def load_runtime():
-    """Return ``(name, version, Interpreter, load_delegate)`` of the preferred runtime.
+# TFLite runtimes, most preferred first: (pip distribution, module with Interpreter and
+# load_delegate). The host's runtime layer (edgecnn.runtime.interpreter) uses this table too.
+RUNTIMES = (
+    ("ai-edge-litert", "ai_edge_litert.interpreter"),
+    ("tflite-runtime", "tflite_runtime.interpreter"),
+    ("tensorflow", "tensorflow"),
+)
+
+
+def _import_tensorflow():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow
+    return tensorflow
+
+
+def load_runtime(prefer=None, import_tensorflow=_import_tensorflow):
+    """Return ``(name, version, Interpreter, load_delegate)`` of a TFLite runtime.
+
+    Args:
+        prefer: a name of ``RUNTIMES`` to load only that one; None takes the first of
+            ``RUNTIMES`` that imports.
+        import_tensorflow: returns the ``tensorflow`` module or raises ImportError; the
+            host passes its own, which imports TensorFlow the one way edgecnn allows.
+            Called only after the other runtimes were tried (importing TF is slow).
 
     Raises:
-        RunnerFailure: no runtime can be imported.
+        RunnerFailure: ``prefer`` is unknown or not installed, or no runtime imports.
     """
-    try:
-        from ai_edge_litert import interpreter as module
-        return ("ai-edge-litert", _dist_version("ai-edge-litert", module),
-                module.Interpreter, module.load_delegate)
-    except ImportError:
-        pass
-    try:
-        from tflite_runtime import interpreter as module
-        return ("tflite-runtime", _dist_version("tflite-runtime", module),
-                module.Interpreter, module.load_delegate)
-    except ImportError:
-        pass
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        import tensorflow as tf
-        return "tensorflow", tf.__version__, tf.lite.Interpreter, tf.lite.experimental.load_delegate
-    except ImportError:
-        raise RunnerFailure(RUNTIME_INSTALL)
+    names = [name for name, _ in RUNTIMES]
+    if prefer is not None and prefer not in names:
+        raise RunnerFailure("unknown TFLite runtime %r; choose one of %s" % (prefer, ", ".join(names)))
+    for name, module_name in RUNTIMES:
+        if prefer is not None and name != prefer:
+            continue
+        try:
+            if name == "tensorflow":
+                tf = import_tensorflow()
+                return name, tf.__version__, tf.lite.Interpreter, tf.lite.experimental.load_delegate
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue  # not installed here: the next runtime may be
+        return name, _dist_version(name, module), module.Interpreter, module.load_delegate
+    if prefer is not None:
+        raise RunnerFailure("the TFLite runtime %s is not installed; pip install %s" % (prefer, prefer))
+    raise RunnerFailure(RUNTIME_INSTALL)
+
+
+def new_interpreter(interpreter_class, model, threads=None, delegates=None):
+    """Construct an interpreter on ``model`` (a path, or the model's bytes) and allocate it.
+
+    Raises:
+        ValueError, RuntimeError: the runtime refuses the model (see ``first_line``).
+    """
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        kwargs = {"model_content": bytes(model)}
+    else:
+        kwargs = {"model_path": str(model)}
+    if threads is not None:
+        kwargs["num_threads"] = threads
+    if delegates:
+        kwargs["experimental_delegates"] = list(delegates)
+    interpreter = interpreter_class(**kwargs)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def first_line(exc):
+    """The first non-blank line of an exception (runtimes append multi-line native logs)."""
+    return next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
 
 
 def _dist_version(dist, module):
@@ -252,21 +302,44 @@ def make_delegates(load_delegate, delegate, device):
     if not delegate:
         return [], None
     options = {"device": device} if device else {}
+    library = edgetpu_library() if delegate == "edgetpu" else delegate
+    loaded, reason = _load_delegate_quietly(load_delegate, library, options)
+    if loaded is not None:
+        return [loaded], _describe("edgetpu:" + library if delegate == "edgetpu" else library, device)
     if delegate == "edgetpu":
-        library = edgetpu_library()
-        try:
-            return [load_delegate(library, options)], _describe("edgetpu:" + library, device)
-        except (ValueError, RuntimeError, OSError) as exc:
-            hint = EDGETPU_INSTALL.get(platform.system(), "install the Edge TPU runtime")
-            where = " or no Edge TPU %s is connected" % repr(device) if device else \
-                " or no Edge TPU is connected"
-            raise RunnerFailure("cannot load the Edge TPU delegate %s (%s): the runtime is "
-                                "missing%s; %s" % (library, one_line(exc, 200), where, hint))
+        hint = EDGETPU_INSTALL.get(platform.system(), "install the Edge TPU runtime")
+        where = " or no Edge TPU %s is connected" % repr(device) if device else \
+            " or no Edge TPU is connected"
+        raise RunnerFailure("cannot load the Edge TPU delegate %s (%s): the runtime is "
+                            "missing%s; %s" % (library, reason, where, hint))
+    raise RunnerFailure("cannot load the delegate %s (%s); check the path and that the "
+                        "library matches this runtime" % (library, reason))
+
+
+def _load_delegate_quietly(load_delegate, library, options):
+    """``(delegate, None)``, or ``(None, one-line reason)`` when the library does not load.
+
+    A Delegate whose library fails to load raises in ``__init__`` and then again in
+    ``__del__`` ("'Delegate' object has no attribute '_library'"), which Python prints as
+    "Exception ignored ..." with a traceback under the one-line error. That second
+    failure says nothing new: it is dropped while the half-built object is freed
+    (``sys.unraisablehook``, Python 3.8+; on 3.7 the noise stays).
+    """
+    hook = getattr(sys, "unraisablehook", None)
+    if hook is not None:
+        sys.unraisablehook = lambda unraisable: None
     try:
-        return [load_delegate(delegate, options)], _describe(delegate, device)
-    except (ValueError, RuntimeError, OSError) as exc:
-        raise RunnerFailure("cannot load the delegate %s (%s); check the path and that the "
-                            "library matches this runtime" % (delegate, one_line(exc, 200)))
+        try:
+            return load_delegate(library, options), None
+        except (ValueError, RuntimeError, OSError) as exc:
+            reason = one_line(first_line(exc), 200)
+        # Outside the except block the exception (and the traceback holding the
+        # half-built Delegate) is gone; collect cycles while the hook is off.
+        gc.collect()
+        return None, reason
+    finally:
+        if hook is not None:
+            sys.unraisablehook = hook
 
 
 def _describe(name, device):
@@ -295,7 +368,7 @@ def is_edgetpu_model(data):
 
 
 def _runtime_error_reason(exc, delegates):
-    first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+    first = first_line(exc)
     if EDGETPU_CUSTOM_OP in str(exc):
         if delegates:
             return ("the delegate did not run the model's %s (%s); install the Edge TPU runtime "
@@ -557,11 +630,7 @@ def run(args, result):
 
     start = time.perf_counter()
     try:
-        kwargs = {"model_path": args.model, "num_threads": args.threads}
-        if delegates:
-            kwargs["experimental_delegates"] = delegates
-        interpreter = interpreter_class(**kwargs)
-        interpreter.allocate_tensors()
+        interpreter = new_interpreter(interpreter_class, args.model, args.threads, delegates)
     except (ValueError, RuntimeError) as exc:
         raise RunnerFailure(_runtime_error_reason(exc, delegates))
     result["init_ms"] = (time.perf_counter() - start) * 1e3
