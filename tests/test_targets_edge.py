@@ -22,7 +22,6 @@ import yaml
 from click.testing import CliRunner
 from helpers import FASHION_LABELS, TINY_RECIPE, build_tiny_classifier
 
-import edgecnn.targets
 from edgecnn.bench.adb import run_adb
 from edgecnn.bench.harness import check_benchmark, run_benchmark
 from edgecnn.bench.local import run_local
