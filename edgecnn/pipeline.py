@@ -67,6 +67,7 @@ from edgecnn.compress.distribute import WorkerFinished  # no TensorFlow: safe at
 from edgecnn.artifacts import Artifact, ArtifactStore, role_matches
 from edgecnn.stages import StageResult
 from edgecnn.errors import DataError, EdgecnnError, ModelFileError
+from edgecnn.export.edgetpu import COMPILER as EDGETPU_COMPILER
 from edgecnn.export.formats import EDGETPU_FORMAT, float_formats
 from edgecnn.fileio import (claim_output_dir, clean_stale_temporaries, json_type_name, path_size, sha256_file,
                             write_json_atomic)
@@ -210,7 +211,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("edgetpu", (), ("model.tflite.int8",), (EDGETPU_FORMAT.role,), _stages.run_edgetpu,
           lambda r: "edgetpu" in r.export.formats,
           lambda r: "compile the int8 model for the Coral Edge TPU with edgetpu_compiler"
-                    + ("" if shutil.which("edgetpu_compiler") else " (not on PATH here: skipped, the build goes on)"),
+                    + ("" if shutil.which(EDGETPU_COMPILER) else " (not on PATH here: skipped, the build goes on)"),
           environment=_stages.edgetpu_environment),
     Stage("evaluate", ("evaluate",), ("dataset", "model.tflite.*"), ("report.evaluation",), _stages.run_evaluate,
           lambda r: True, lambda r: "test-split accuracy of every .tflite on ai-edge-litert"),

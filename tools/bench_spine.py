@@ -1,6 +1,6 @@
 """Issue #11 (spine) figures in one run: layer contracts, the two-worker test, the resume tests.
 
-    python tools/bench_spine.py
+    python tools/bench_spine.py [--model runs/quickstart/student_int8.tflite ...]
 
 Prints, each with the command it ran:
 
@@ -10,6 +10,9 @@ Prints, each with the command it ran:
 * the two SIGKILL resume tests (a real training process killed in epoch 3 of 4, and a
   real ``edgecnn build`` killed after student epoch 2 of 4): pass/fail, wall time, and the
   accuracies they print (resumed vs uninterrupted).
+
+* with ``--model``: how many tensors of each model carry -1 (a dynamic size) in their
+  ``shape_signature`` (target 0: ``edgetpu_compiler`` only takes static shapes).
 
 The second-build-into-a-new---out figure is ``tools/bench_quickstart.py --second-out``.
 Run it on an otherwise idle machine: on two cores a concurrent job doubles every time.
@@ -42,8 +45,25 @@ def run(argv: list[str]) -> tuple[int, str, float]:
     return proc.returncode, proc.stdout + proc.stderr, time.perf_counter() - start
 
 
-def main() -> int:
+def dynamic_tensors(model: str) -> tuple[int, int]:
+    """(tensors with -1 in their shape_signature, all tensors) of a .tflite."""
+    from edgecnn.runtime.interpreter import make_interpreter
+
+    tensors = make_interpreter(model).get_tensor_details()
+    return sum(1 for t in tensors if -1 in t["shape_signature"]), len(tensors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", action="append", default=[], help="a .tflite to count dynamic tensors of")
+    args = parser.parse_args(argv)
     failed = 0
+    for model in args.model:
+        dynamic, total = dynamic_tensors(model)
+        print(f"{model}: {dynamic} of {total} tensors with -1 in shape_signature (target 0)")
+        failed += dynamic != 0
     code, out, secs = run([str(BIN / "lint-imports"), "--no-cache"])
     summary = re.search(r"Contracts: (\d+) kept, (\d+) broken", out)
     print(f"$ lint-imports --no-cache\n  {summary.group(0) if summary else out.strip()[-300:]} ({secs:.1f} s)")
