@@ -63,7 +63,7 @@ from typing import Callable, Iterator
 
 from edgecnn import stages as _stages
 from edgecnn.cache import StageCache, default_cache
-from edgecnn.compress.distribute import WorkerFinished  # no TensorFlow: safe at module level
+from edgecnn.compress.distribute import ClusterTask, WorkerFinished  # no TensorFlow: safe at module level
 from edgecnn.artifacts import Artifact, ArtifactStore, role_matches
 from edgecnn.stages import StageResult
 from edgecnn.errors import DataError, EdgecnnError, ModelFileError
@@ -72,7 +72,7 @@ from edgecnn.export.formats import EDGETPU_FORMAT, float_formats
 from edgecnn.fileio import (claim_output_dir, clean_stale_temporaries, json_type_name, path_size, sha256_file,
                             write_json_atomic)
 from edgecnn.progress import Progress
-from edgecnn.recipe import Recipe, load_recipe
+from edgecnn.recipe import Recipe, TrainConfig, load_recipe
 
 STAGE_DIR = "stages"
 INPUT_HASHES_FILE = "input_hashes.json"  # under STAGE_DIR
@@ -104,6 +104,10 @@ def _no_inputs(recipe: Recipe) -> dict[str, InputFiles]:
 
 def _no_environment(recipe: Recipe) -> dict[str, str]:
     return {}
+
+
+def _no_training(recipe: Recipe) -> TrainConfig | None:
+    return None
 
 
 def _model_file(key: str, path) -> dict[str, InputFiles]:
@@ -164,6 +168,9 @@ class Stage:
             are not artifacts).
         environment: the host tools whose presence and version shape the result
             (name -> identity, ``"absent"`` when missing); they go into the cache key.
+        trains: the recipe's training settings of this stage (None: it trains nothing).
+            A ``multi_worker`` one makes the build join the cluster before any stage
+            runs, and every worker decide together whether the stage is cached.
     """
 
     name: str
@@ -176,6 +183,7 @@ class Stage:
     inputs: Callable[[Recipe], dict[str, InputFiles]] = _no_inputs
     shared: bool = True
     environment: Callable[[Recipe], dict[str, str]] = _no_environment
+    trains: Callable[[Recipe], TrainConfig | None] = _no_training
 
 
 def _teacher_needed(r: Recipe) -> bool:
@@ -192,14 +200,15 @@ STAGES: tuple[Stage, ...] = (
     Stage("teacher", ("teacher", "seed"), ("dataset",), ("model.keras.teacher",), _stages.run_teacher,
           _teacher_needed,
           lambda r: f"load {r.teacher.path}" if r.teacher.path else
-                    f"train {r.teacher.architecture} for {r.teacher.train.epochs} epochs", _teacher_inputs),
+                    f"train {r.teacher.architecture} for {r.teacher.train.epochs} epochs", _teacher_inputs,
+          trains=lambda r: r.teacher.train if r.teacher.path is None else None),
     Stage("student", ("student", "distill", "seed"), ("dataset", "model.keras.teacher"), ("model.keras.student",),
           _stages.run_student, lambda r: True,
           lambda r: f"{r.student.architecture} alpha {r.student.alpha:g}"
                     + (f" (output stride {r.student.output_stride})" if r.student.output_stride != 32 else "") + ", "
                     + (f"distilled at T={r.distill.temperature:g}, alpha={r.distill.alpha:g}" if r.distill.enabled else "hard labels only")
                     + f", {r.distill.train.epochs} epochs",
-          lambda r: _weights_file("student.weights", r.student.weights)),
+          lambda r: _weights_file("student.weights", r.student.weights), trains=lambda r: r.distill.train),
     Stage("export", ("export",), ("dataset", "model.keras.*"), ("model.tflite.float32", "model.tflite.float16"),
           _stages.run_export, lambda r: bool(float_formats(r.export.formats)),
           lambda r: "TFLite " + ", ".join(f.name for f in float_formats(r.export.formats)) + " of the latest Keras model"),
@@ -270,6 +279,7 @@ class BuildContext:
         self.metrics: dict[str, dict] = {}
         self.inputs: dict[str, dict[str, str]] = {}
         self.stage_key: str | None = None
+        self.cluster: "Cluster | None" = None  # set by the pipeline when the recipe trains multi_worker
         self._work_in_cache = False  # whether the running stage's checkpoints live in the shared cache
 
     @property
@@ -662,6 +672,9 @@ def _run_stages(recipe: Recipe, out: Path, progress: Progress, stages: tuple[Sta
         progress.line(f"    augmentation inherited through extends: {row['key']} = {json.dumps(row['value'])} "
                       f"(from {row['from']})")
     try:
+        # Before any stage: MultiWorkerMirroredStrategy must exist before the process runs a
+        # TensorFlow op (collective ops are configured once, at start-up).
+        ctx.cluster = join_cluster(recipe, plan, progress)
         _run_planned(plan, recipe, ctx, content, shared, timings, ran, cached)
     except WorkerFinished as done:
         # A non-chief worker of distributed training: its part is done, the chief writes
@@ -676,10 +689,60 @@ def _run_stages(recipe: Recipe, out: Path, progress: Progress, stages: tuple[Sta
                        report_paths["data"], ran, cached)
 
 
+def distributed_stages(recipe: Recipe, plan: list[Stage]) -> list[Stage]:
+    """The planned stages whose training the recipe spreads over workers (``multi_worker``)."""
+    return [s for s in plan if (t := s.trains(recipe)) is not None and t.distribute == "multi_worker"]
+
+
+@dataclass
+class Cluster:
+    """This build's place in multi-worker training: the strategy, this task, and the stages trained together."""
+
+    strategy: object
+    task: "ClusterTask"
+    stages: tuple[str, ...]
+
+    def is_last_stage(self, name: str) -> bool:
+        return name == self.stages[-1]
+
+
+def join_cluster(recipe: Recipe, plan: list[Stage], progress: Progress) -> Cluster | None:
+    """Join the training cluster of ``TF_CONFIG`` when a planned stage trains ``multi_worker``; else None.
+
+    Called before the first stage, so the strategy exists before any TensorFlow op runs
+    in this process. Measured (README, "Training across machines"): this costs the
+    rendezvous and about a second of cluster start; running each distributed stage in a
+    process of its own would instead pay TensorFlow's import and the dataset load again
+    per stage.
+
+    Raises:
+        DeviceError: ``TF_CONFIG`` is malformed, a worker does not answer within
+            ``distribute_timeout_s`` (the line names its address), or TensorFlow refuses.
+    """
+    from edgecnn.compress.distribute import make_strategy, parse_tf_config
+
+    stages = distributed_stages(recipe, plan)
+    if not stages:
+        return None
+    task = parse_tf_config(os.environ.get("TF_CONFIG"))
+    timeout = max(s.trains(recipe).distribute_timeout_s for s in stages)
+    progress.line(f"joining the training cluster as {task.job}:{task.index} of {len(task.tasks)} "
+                  f"({', '.join(a for _, _, a in task.tasks)}); waiting up to {timeout:g} s for the others")
+    strategy = make_strategy("multi_worker", timeout_s=timeout)
+    return Cluster(strategy, task, tuple(s.name for s in stages))
+
+
 def _run_planned(plan: list[Stage], recipe: Recipe, ctx: BuildContext, content: "_ContentHashes",
                  shared: StageCache | None, timings: list[dict], ran: list[str], cached: list[str]) -> None:
-    """Run or restore each planned stage in order, filling ``timings``, ``ran`` and ``cached``."""
+    """Run or restore each planned stage in order, filling ``timings``, ``ran`` and ``cached``.
+
+    A stage trained across workers is restored only when *every* worker has it finished
+    (they compare cache keys and hits in one collective); otherwise all train it together,
+    so a worker with a warm cache never leaves the others waiting in a collective. A
+    non-chief worker stops after its last distributed stage (:class:`WorkerFinished`).
+    """
     out, progress = ctx.out_dir, ctx.progress
+    cluster: Cluster | None = ctx.cluster
     for index, stage in enumerate(plan, start=1):
         key = _stage_key(stage, recipe, ctx, content)
         content.save()
@@ -688,13 +751,24 @@ def _run_planned(plan: list[Stage], recipe: Recipe, ctx: BuildContext, content: 
             record = _load_record(out, stage, key, progress)
             was_run = False
             use_shared = shared is not None and stage.shared
+            together = cluster is not None and stage.name in cluster.stages
+            restore = True  # whether a finished result may be re-used
+            if together:
+                from edgecnn.compress.distribute import agree_on_cache
+
+                have = record is not None or (use_shared and shared.lookup(key)[0] is not None)
+                restore = agree_on_cache(cluster.strategy, key, have, f"stage '{stage.name}'")
+                if not restore:
+                    if have:
+                        progress.line(f"    another worker has no finished '{stage.name}': training it together")
+                    record = None
             # A run-directory hit touches no shared state: the unchanged rebuild stays fast.
             if record is None and use_shared:
                 def waiting(holder: str, name: str = stage.name) -> None:
                     progress.line(f"    waiting for another edgecnn build ({holder}) building stage '{name}' ...")
 
                 with shared.lock(key, on_wait=waiting):
-                    record = _from_shared(stage, key, ctx, shared)
+                    record = _from_shared(stage, key, ctx, shared) if restore else None
                     if record is not None:
                         info["note"] = "restored from the shared cache"
                     else:
@@ -723,6 +797,8 @@ def _run_planned(plan: list[Stage], recipe: Recipe, ctx: BuildContext, content: 
                 timings[-1]["skipped"] = record["skipped"]
                 progress.line(f"    {stage.name}: skipped: {record['skipped']}")
                 info["note"] = "skipped"
+        if together and not cluster.task.is_chief and cluster.is_last_stage(stage.name):
+            raise WorkerFinished(stage.name)
 
 
 __all__ = ["Artifact", "BuildResult", "EdgecnnError", "InputFiles", "RunDirectoryBusyError", "STAGES", "Stage",

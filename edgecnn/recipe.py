@@ -123,6 +123,11 @@ class TeacherConfig(_Section):
     """The large model whose soft targets train the student."""
 
     path: Optional[Path] = Field(None, description="Load this saved Keras model (.keras/.h5/SavedModel dir) instead of training one.")
+    trust_code: bool = Field(
+        False,
+        description="Run the Python code the teacher file carries (Lambda layers, custom classes), Keras' "
+        "safe_mode=False. Off: such a file is refused before loading. Turn on only for files you trust.",
+    )
     architecture: str = Field("vgg_small", description="A registered teacher (see `edgecnn list`) or any keras.applications name such as ResNet50.")
     weights: Optional[str] = Field(None, description="keras.applications backbones: None (random), 'imagenet' (downloaded when online), or a local weights file.")
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=10), description="Teacher training (skipped when `path` is given).")

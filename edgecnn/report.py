@@ -127,6 +127,9 @@ def write_reports(recipe: "Recipe", ctx: "BuildContext", timings: list[dict],
         "bench": ctx.metrics.get("bench", {}).get("results", []),
         # Stages the recipe asks for that made nothing on this host, with why (a missing tool).
         "skipped": [{"stage": t["stage"], "reason": t["skipped"]} for t in timings if t.get("skipped")],
+        # Model files whose Python code the recipe chose to run (the opt-in, e.g. teacher.trust_code).
+        "trusted_code": [{"key": "teacher.path", "path": str(recipe.teacher.path)}]
+        if recipe.teacher.path is not None and recipe.teacher.trust_code else [],
     }
     plots = _write_plots(ctx, models)
     report["plots"] = [p.name for p in plots]
@@ -187,6 +190,9 @@ def render_markdown(report: dict) -> str:
         lines += [f"- {m['name']}: {m['evaluated_with']}: {m['reason']}" for m in notes]
     for row in report.get("skipped") or []:
         lines += ["", f"**Skipped:** {row['stage']}: {row['reason']}"]
+    for row in report.get("trusted_code") or []:
+        lines += ["", f"**Trusted code:** {row['key']} `{row['path']}` was loaded with its Python code run "
+                      "(teacher.trust_code: true)."]
     summary = report.get("summary", {})
     if summary:
         lines += ["", "## Quantization", ""]

@@ -129,11 +129,22 @@ def _final(history: dict, name: str) -> float | None:
     return round(float(values[-1]), 5) if values else None
 
 
-def load_model(path, what: str | None = None):
-    """Load a ``.keras`` model artifact (or ``teacher.path``); ``what`` names it in errors."""
+def load_model(path, what: str | None = None, **options):
+    """Load a ``.keras`` model artifact (or ``teacher.path``); ``what`` names it in errors.
+
+    ``options`` go to :func:`edgecnn.models.loading.load_keras_model` (``trust_code``,
+    ``origin``: the user's file an artifact was copied from, which errors then name).
+    """
     from edgecnn.models.teachers import load_keras_model
 
-    return load_keras_model(path, what=what or Path(path).name)
+    return load_keras_model(path, what=what or Path(path).name, **options)
+
+
+def load_teacher(recipe: "Recipe", ctx: "BuildContext"):
+    """The teacher artifact, trusted as ``teacher.trust_code`` says; errors name ``teacher.path`` if given."""
+    cfg = recipe.teacher
+    return load_model(ctx.artifacts.one("model.keras.teacher").path, "teacher.path" if cfg.path else None,
+                      trust_code=cfg.trust_code, origin=cfg.path)
 
 
 def _add_metadata(path: Path, recipe: "Recipe", ctx: "BuildContext") -> Path:
@@ -211,11 +222,14 @@ def run_teacher(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
     cfg = recipe.teacher
     metrics: dict = {}
     if cfg.path is not None:
-        model = load_model(cfg.path, "teacher.path")
+        if cfg.trust_code:
+            ctx.progress.line(f"    teacher.trust_code: true: loading {cfg.path} runs the Python code it carries")
+        model = load_model(cfg.path, "teacher.path", trust_code=cfg.trust_code)
         _check_teacher_fits(model, recipe, len(ds.class_names), cfg.path)
         metrics["source"] = str(cfg.path)
+        metrics["trust_code"] = cfg.trust_code
     else:
-        from edgecnn.compress.distribute import WorkerFinished, detach_from_strategy, is_chief, make_strategy
+        from edgecnn.compress.distribute import detach_from_strategy, make_strategy
 
         strategy = make_strategy(cfg.train.distribute, timeout_s=cfg.train.distribute_timeout_s)
         _seed_everything(recipe.seed)
@@ -225,11 +239,10 @@ def run_teacher(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
         history = train_classifier(model, train, val, len(ds.x_train), cfg.train, ctx.progress, "teacher",
                                    checkpoint_dir=ctx.checkpoint_dir, checkpoint_key=ctx.stage_key,
                                    strategy=strategy)
-        model = detach_from_strategy(model, strategy)  # on every worker, before anyone goes on alone
-        if not is_chief(strategy) and recipe.distill.train.distribute != "multi_worker":
-            # The student trains on the chief alone: this worker's part ends here. When the
-            # student is distributed too, every worker goes on (with its own teacher file).
-            raise WorkerFinished("teacher")
+        # On every worker, before anyone goes on alone. Every worker saves its model, so a
+        # re-run finds the stage finished on all of them (the pipeline stops non-chief
+        # workers after their last distributed stage).
+        model = detach_from_strategy(model, strategy)
         _recalibrate(ctx, model)
         metrics.update(train_accuracy=_final(history, "accuracy"), val_accuracy=_final(history, "val_accuracy"),
                        val_accuracy_per_epoch=_rounded(history.get("val_accuracy")))
@@ -244,7 +257,7 @@ def run_student(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
     from edgecnn.compress.train import evaluate_classifier, train_classifier
     from edgecnn.models import create_student
 
-    from edgecnn.compress.distribute import WorkerFinished, detach_from_strategy, is_chief, make_strategy
+    from edgecnn.compress.distribute import detach_from_strategy, make_strategy
 
     ds = ctx.dataset
     train_cfg = recipe.distill.train
@@ -254,7 +267,7 @@ def run_student(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
     with strategy.scope():  # student and (online) teacher variables are mirrored
         student = create_student(recipe.student.architecture, _input_shape(recipe), len(ds.class_names),
                                  recipe.student)
-        teacher = load_model(ctx.artifacts.one("model.keras.teacher").path) if recipe.distill.enabled else None
+        teacher = load_teacher(recipe, ctx) if recipe.distill.enabled else None
     if teacher is not None:
         soft = None
         if recipe.distill.teacher_outputs == "cached":
@@ -268,8 +281,6 @@ def run_student(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
         history = train_classifier(student, train, val, len(ds.x_train), train_cfg, ctx.progress, "student",
                                    **resume)
     student = detach_from_strategy(student, strategy)  # on every worker, before anyone goes on alone
-    if not is_chief(strategy):
-        raise WorkerFinished("student")
     _recalibrate(ctx, student)
     metrics = {
         "params": int(student.count_params()),

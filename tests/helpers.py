@@ -2,8 +2,28 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
+import sys
 from pathlib import Path
+
+# The `edgecnn` command as a user types it: the console script installed next to this Python.
+EDGECNN_COMMAND = str(Path(sys.executable).with_name("edgecnn"))
+
+
+def run_edgecnn(*args: str, env: dict | None = None, cwd: Path | None = None,
+                timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run ``edgecnn ARGS...`` through its entry point; ``env`` adds to this process's environment."""
+    return subprocess.run([EDGECNN_COMMAND, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                          env={**os.environ, **(env or {})})
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 TINY_RECIPE = """\
 name: tiny
@@ -81,11 +101,28 @@ def write_tiny_recipe(directory: Path, extra: str = "") -> Path:
     return path
 
 
-def assert_one_line_error(proc: subprocess.CompletedProcess, code: int, *needles: str) -> str:
-    """The process failed with ``code`` and printed exactly one stderr line containing ``needles``."""
+# What `edgecnn build` prints on stderr besides an error: stage banners, indented stage
+# lines, warnings and notes, and the run-directory messages.
+PROGRESS_PREFIXES = ("edgecnn build", "==> ", "    ", "warning: ", "note: ", "run directory", "waiting for")
+
+
+def error_lines(stderr: str, build: bool = True) -> list[str]:
+    """The non-empty stderr lines that are not build progress (all of them when ``build`` is False)."""
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    return [ln for ln in lines if not ln.startswith(PROGRESS_PREFIXES)] if build else lines
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, code: int, *needles: str, build: bool = False) -> str:
+    """The process failed with ``code`` and printed exactly one stderr line containing ``needles``.
+
+    ``build``: the command prints progress on stderr too (``edgecnn build``); those lines
+    are set aside and the one remaining line must start with ``error:``.
+    """
     assert proc.returncode == code, (proc.returncode, proc.stderr)
     assert "Traceback" not in proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    lines = error_lines(proc.stderr, build)
+    if build:
+        assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     assert len(lines) == 1, proc.stderr
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])

@@ -232,11 +232,51 @@ def make_strategy(kind: str = "default", *, timeout_s: float = 120.0, environ: O
     try:
         strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     except (ValueError, RuntimeError, tf.errors.OpError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise DeviceError(f"train.distribute multi_worker: TensorFlow could not start the cluster ({first}); "
-                          "check TF_CONFIG on every worker") from None
+        raise DeviceError(_cluster_failure(exc, task)) from None
     _multi_worker.update(strategy=strategy, tf_config=text)
     return strategy
+
+
+def _cluster_failure(exc: Exception, task: ClusterTask) -> str:
+    """One line for a cluster TensorFlow would not start; TF_CONFIG is blamed only where it is at fault.
+
+    TF_CONFIG itself was parsed and every peer answered before this point, so the usual
+    causes lie in this process or on this machine.
+    """
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    where = "train.distribute multi_worker"
+    if "configured at program startup" in first or "must be called at program startup" in first:
+        return (f"{where}: this process ran TensorFlow before joining the cluster ({first}); "
+                "MultiWorkerMirroredStrategy must be the first TensorFlow work of a process: run `edgecnn build` "
+                "in a new process, or, calling edgecnn from Python, call "
+                "edgecnn.compress.distribute.make_strategy('multi_worker') before anything else")
+    if "address already in use" in first.lower() or "failed to bind" in first.lower():
+        return (f"{where}: port of {task.address} ({task.job}:{task.index}) is taken on this machine ({first}); "
+                "stop what listens there or give this worker another port in TF_CONFIG on every worker")
+    return f"{where}: TensorFlow could not start the cluster as {task.job}:{task.index} ({first})"
+
+
+def agree_on_cache(strategy, key: str, have: bool, where: str) -> bool:
+    """Whether every worker has the stage with cache key ``key`` finished; call it on every worker.
+
+    One collective: each worker contributes its key's first 48 bits and whether it has the
+    stage (in its run directory or cache). All restore only when all have it; otherwise
+    all train it together, so no worker waits for peers that skipped the stage.
+
+    Raises:
+        DeviceError: the workers computed different keys (their recipes, data or input
+            files differ), which would make them train different things.
+    """
+    from edgecnn._tf import tensorflow
+
+    tf = tensorflow()
+    value = tf.constant([[int(key[:12], 16), int(bool(have))]], tf.int64)
+    gathered = strategy.gather(strategy.run(lambda: tf.identity(value)), axis=0).numpy().tolist()
+    keys = {k for k, _ in gathered}
+    if len(keys) > 1:
+        raise DeviceError(f"{where}: the workers computed different cache keys, so their recipes, data or input "
+                          "files differ; run the same recipe on the same data and files on every worker")
+    return all(h for _, h in gathered)
 
 
 def is_chief(strategy=None) -> bool:

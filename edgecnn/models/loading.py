@@ -66,15 +66,18 @@ def save_keras_model(model, path: str | Path) -> Path:
     return path
 
 
-def _load_with_weight_list(path: Path):
+def _load_with_weight_list(path: Path, safe_mode: bool = True):
     import numpy as np
 
     K = keras()
     with zipfile.ZipFile(path) as zf:
         config = zf.read("config.json").decode()
-        arrays = np.load(io.BytesIO(zf.read(QAT_WEIGHTS_ENTRY)))
+        arrays = np.load(io.BytesIO(zf.read(QAT_WEIGHTS_ENTRY)), allow_pickle=False)
         weights = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
-    model = K.models.model_from_json(config)
+    from tf_keras.src.saving.serialization_lib import SafeModeScope  # not exported by tf_keras
+
+    with SafeModeScope(safe_mode):
+        model = K.models.model_from_json(config)
     model.set_weights(weights)
     return model
 
@@ -112,8 +115,15 @@ def _built_once_classes() -> dict:
     return {"QuantizeLayer": QuantizeLayer}
 
 
-def load_keras_model(path: str | Path, what: str = "teacher.path"):
+def load_keras_model(path: str | Path, what: str = "teacher.path", *, trust_code: bool = False,
+                     opt_in: str = "teacher.trust_code: true", origin: str | Path | None = None):
     """Load a saved tf_keras model (.keras, .h5 or a SavedModel folder) without compiling it.
+
+    Untrusted by default: the file's architecture is read as JSON first and a model that
+    would run Python code when loaded (a ``Lambda`` layer, a class that is not Keras',
+    tfmot's or edgecnn's) is refused before anything is deserialized
+    (:mod:`edgecnn.models.untrusted`). ``trust_code=True`` is the user's opt-in, Keras'
+    ``safe_mode=False``: the check is skipped and Keras deserializes the code.
 
     Plain models and tfmot-wrapped ones (pruned, quantization-aware) load alike. A model
     written by Keras 3 is refused before loading, with how to re-save it for tf_keras
@@ -123,30 +133,41 @@ def load_keras_model(path: str | Path, what: str = "teacher.path"):
     Args:
         path: the saved model.
         what: the recipe key or artifact the path came from, for error messages.
+        trust_code: run the Python code the file carries (the recipe's opt-in).
+        opt_in: the recipe setting that trusts the file, named in a refusal.
+        origin: for a copy edgecnn wrote from a user's file, that file: errors name it.
 
     Returns:
         The tf_keras model.
 
     Raises:
-        ModelFileError: the path is missing, holds no Keras model, or holds a Keras 3 one.
+        ModelFileError: the path is missing, holds no Keras model, holds a Keras 3 one, or
+            holds code and ``trust_code`` is False.
     """
+    from edgecnn.models.untrusted import check_model_file
+
     path = Path(path)
+    named = f"{origin} (through edgecnn's copy {path})" if origin else str(path)
     if not path.exists():
-        raise ModelFileError(f"{path}: {what} does not exist; give a saved Keras model (.keras, .h5 or SavedModel folder)")
+        raise ModelFileError(f"{named}: {what} does not exist; give a saved Keras model (.keras, .h5 or SavedModel folder)")
     refuse_keras3_model(path, what)
+    if not trust_code:
+        check_model_file(path, what, opt_in, origin=str(origin) if origin else None)
     K = keras()
     try:
         entries = _archive_entries(path)
         with tfmot_scopes(), K.utils.custom_object_scope(_built_once_classes()):
             if QAT_WEIGHTS_ENTRY in entries:
-                model = _load_with_weight_list(path)
+                model = _load_with_weight_list(path, safe_mode=not trust_code)
+            elif path.suffix == ".keras":
+                model = K.models.load_model(path, compile=False, safe_mode=not trust_code)
             else:
                 model = K.models.load_model(path, compile=False)
     except Exception as exc:  # Keras raises many unrelated types for a bad file
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise ModelFileError(f"{path}: not a Keras model ({first}); {what} must be a model saved with model.save()") from None
+        raise ModelFileError(f"{named}: not a Keras model ({first}); {what} must be a model saved with model.save()") from None
     if not isinstance(model, K.Model):
         # tf_keras hands back a bare trackable object for a SavedModel it did not write.
-        raise ModelFileError(f"{path}: not a Keras model (a SavedModel without a Keras model in it); "
+        raise ModelFileError(f"{named}: not a Keras model (a SavedModel without a Keras model in it); "
                              f"{what} must be a tf_keras model saved with model.save()")
     return model

@@ -54,7 +54,7 @@ def build_keras_application(name, input_shape, num_classes, cfg):
     return K.Model(inputs, logits, name=name.lower())
 
 
-def load_keras_model(path: str | Path, what: str = "teacher.path"):
+def load_keras_model(path: str | Path, what: str = "teacher.path", **options):
     """Load a saved tf_keras model; see :func:`edgecnn.models.loading.load_keras_model`.
 
     Kept here for callers that import it from the teachers module; plain and
@@ -65,4 +65,4 @@ def load_keras_model(path: str | Path, what: str = "teacher.path"):
     """
     from edgecnn.models.loading import load_keras_model as load
 
-    return load(path, what)
+    return load(path, what, **options)
