@@ -51,6 +51,7 @@ it measures devices, and its results file is not an artifact.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -710,10 +711,10 @@ def join_cluster(recipe: Recipe, plan: list[Stage], progress: Progress) -> Clust
     """Join the training cluster of ``TF_CONFIG`` when a planned stage trains ``multi_worker``; else None.
 
     Called before the first stage, so the strategy exists before any TensorFlow op runs
-    in this process. Measured (README, "Training across machines"): this costs the
-    rendezvous and about a second of cluster start; running each distributed stage in a
-    process of its own would instead pay TensorFlow's import and the dataset load again
-    per stage.
+    in this process. Measured with ``tools/bench_distribute.py``: making the strategy
+    costs 0.05 s after TensorFlow's import (plus waiting for the peers), where running each
+    distributed stage in a process of its own would pay TensorFlow's import and the
+    dataset load again, 4.2 s per stage for the quickstart, before loading its models.
 
     Raises:
         DeviceError: ``TF_CONFIG`` is malformed, a worker does not answer within
@@ -753,11 +754,15 @@ def _run_planned(plan: list[Stage], recipe: Recipe, ctx: BuildContext, content: 
             use_shared = shared is not None and stage.shared
             together = cluster is not None and stage.name in cluster.stages
             restore = True  # whether a finished result may be re-used
+            guard: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
             if together:
-                from edgecnn.compress.distribute import agree_on_cache
+                from edgecnn.compress.distribute import agree_on_cache, peer_failures
 
+                # A peer that dies or goes silent becomes one line naming it.
+                guard = functools.partial(peer_failures, cluster.task, f"stage '{stage.name}'")
                 have = record is not None or (use_shared and shared.lookup(key)[0] is not None)
-                restore = agree_on_cache(cluster.strategy, key, have, f"stage '{stage.name}'")
+                with guard():
+                    restore = agree_on_cache(cluster.strategy, key, have, f"stage '{stage.name}'")
                 if not restore:
                     if have:
                         progress.line(f"    another worker has no finished '{stage.name}': training it together")
@@ -772,11 +777,13 @@ def _run_planned(plan: list[Stage], recipe: Recipe, ctx: BuildContext, content: 
                     if record is not None:
                         info["note"] = "restored from the shared cache"
                     else:
-                        record = _run_stage(stage, recipe, ctx, key, in_cache=True)
+                        with guard():
+                            record = _run_stage(stage, recipe, ctx, key, in_cache=True)
                         was_run = True
                         _publish(stage, key, record, ctx, shared)
             elif record is None:
-                record = _run_stage(stage, recipe, ctx, key)
+                with guard():
+                    record = _run_stage(stage, recipe, ctx, key)
                 was_run = True
             for item in record["artifacts"].values():
                 ctx.artifacts.add(Artifact.from_record(item, out), stage.name)

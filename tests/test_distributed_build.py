@@ -38,11 +38,11 @@ data:
   augment: {horizontal_flip: false, translate: 0.0}
 teacher:
   architecture: vgg_small
-  train: {epochs: 1, batch_size: 32, learning_rate: 0.002, distribute: multi_worker, distribute_timeout_s: 40}
+  train: {epochs: 1, batch_size: 32, learning_rate: 0.002, distribute: multi_worker, distribute_timeout_s: 25}
 student: {architecture: mobilenet_v2, alpha: 0.35}
 distill:
   teacher_outputs: cached
-  train: {epochs: 3, batch_size: 32, learning_rate: 0.005, distribute: multi_worker, distribute_timeout_s: 40}
+  train: {epochs: 5, batch_size: 32, learning_rate: 0.01, distribute: multi_worker, distribute_timeout_s: 25}
 export: {formats: []}
 """
 
@@ -130,7 +130,7 @@ def test_readme_commands_train_on_two_workers_and_only_worker_0_writes(workers, 
     assert single.returncode == 0, single.stderr
     cluster_acc, single_acc = _int8_accuracy(w0 / "run"), _int8_accuracy(tmp_path / "run")
     print(f"int8 accuracy: two workers {cluster_acc:.3f}, one machine {single_acc:.3f}")
-    assert cluster_acc > 0.3 and single_acc > 0.3, "the tiny recipe must learn for the comparison to mean anything"
+    assert cluster_acc > 0.25 and single_acc > 0.25, "the tiny recipe must learn for the comparison to mean anything"
     assert abs(cluster_acc - single_acc) <= 0.12, (cluster_acc, single_acc)
 
 
@@ -146,31 +146,34 @@ def test_a_warm_worker_and_a_cold_one_train_together_and_resume_after_a_kill(wor
     log1 = w1 / "killed.log"
     deadline = time.monotonic() + 600
     # Both must have finished epoch 2 (and written its checkpoint) before the kill.
-    while not all("student epoch 2/3" in (w / "killed.log").read_text() for w in (w0, w1)):
+    while not all("student epoch 2/5" in (w / "killed.log").read_text() for w in (w0, w1)):
         assert procs[1].poll() is None, log1.read_text()
         assert time.monotonic() < deadline, "student epoch 2 never finished on both workers"
         time.sleep(0.2)
     os.killpg(procs[1].pid, signal.SIGKILL)
     procs[1].wait()
-    assert _wait([procs[0]], timeout=180) != [0]  # its peer is gone: it stops instead of waiting forever
+    assert _wait([procs[0]], timeout=180) == [5]  # its peer is gone: it stops instead of waiting forever
     text0 = (w0 / "killed.log").read_text()
+    errors = [ln for ln in text0.splitlines() if ln.startswith(("error:", "internal error"))]
+    assert len(errors) == 1 and f"127.0.0.1:{ports[1]}" in errors[0] and "stopped responding" in errors[0] \
+        and "re-run the same build on every worker" in errors[0], errors
     assert "another worker has no finished 'teacher': training it together" in text0, text0
     assert "Traceback" not in text0, text0
-    assert "student epoch 3/3" not in log1.read_text()
+    assert "student epoch 3/5" not in log1.read_text()
 
     codes = _wait(_cluster([w0, w1], ports, "resumed"), timeout=900)
     logs = [(w / "resumed.log").read_text() for w in (w0, w1)]
     assert codes == [0, 0], logs
     for log in logs:
-        assert "student: resuming from the checkpoint after epoch 2/3" in log, log
-        assert "student epoch 3/3" in log and "student epoch 1/3" not in log, log
-    assert _int8_accuracy(w0 / "run") > 0.3
+        assert "student: resuming from the checkpoint after epoch 2/5" in log, log
+        assert "student epoch 3/5" in log and "student epoch 1/5" not in log, log
+    assert _int8_accuracy(w0 / "run") > 0.25
     assert not list((w1 / "run").glob("*.tflite"))
 
 
 def test_a_worker_whose_peer_never_comes_names_it(tmp_path):
     """One worker alone: it stops within distribute_timeout_s with one line naming the silent address."""
-    (tmp_path / "recipe.yaml").write_text(RECIPE.replace("distribute_timeout_s: 40", "distribute_timeout_s: 5"))
+    (tmp_path / "recipe.yaml").write_text(RECIPE.replace("distribute_timeout_s: 25", "distribute_timeout_s: 5"))
     ports = [free_port(), free_port()]
     command = _on_loopback(readme_commands()[0], ports)
     start = time.monotonic()

@@ -15,13 +15,15 @@ bounded by ``train.distribute_timeout_s``: a missing or unreachable worker becom
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import re
 import socket
 import threading
 import time
-from typing import Mapping, Optional
+from typing import Iterator, Mapping, Optional
 
 from edgecnn.errors import DeviceError
 
@@ -254,6 +256,37 @@ def _cluster_failure(exc: Exception, task: ClusterTask) -> str:
         return (f"{where}: port of {task.address} ({task.job}:{task.index}) is taken on this machine ({first}); "
                 "stop what listens there or give this worker another port in TF_CONFIG on every worker")
     return f"{where}: TensorFlow could not start the cluster as {task.job}:{task.index} ({first})"
+
+
+@contextlib.contextmanager
+def peer_failures(task: ClusterTask, where: str) -> Iterator[None]:
+    """Turn a collective that failed because a peer died or went silent into one line.
+
+    TensorFlow reports a crashed peer as ``UnavailableError`` ("tasks are unhealthy
+    (stopped sending heartbeats): /job:worker/replica:0/task:1") and a silent one as
+    ``DeadlineExceededError`` once ``distribute_timeout_s`` has passed; either way the
+    cure is to re-run the build on every worker, which resumes at the last finished epoch.
+
+    Raises:
+        DeviceError: naming the peer's address when TensorFlow says which task it was.
+    """
+    try:
+        yield
+    except Exception as exc:
+        from edgecnn._tf import tensorflow
+
+        tf = tensorflow()
+        if not isinstance(exc, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+                                tf.errors.CancelledError, tf.errors.AbortedError)):
+            raise
+        text = str(exc)
+        named = re.findall(r"/job:(\w+)/replica:\d+/task:(\d+)", text)
+        peers = [a for j, i, a in task.tasks if (j, str(i)) in named and (j, i) != (task.job, task.index)]
+        who = f"worker at {', '.join(dict.fromkeys(peers))} (from TF_CONFIG)" if peers else "another worker"
+        how = "stopped responding" if isinstance(exc, tf.errors.UnavailableError) else \
+            "did not take part in time"
+        raise DeviceError(f"train.distribute multi_worker: {who} {how} during {where}; re-run the same build on "
+                          "every worker: training resumes at the last finished epoch") from None
 
 
 def agree_on_cache(strategy, key: str, have: bool, where: str) -> bool:
