@@ -58,24 +58,22 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Callable, Iterator
 
 from edgecnn import stages as _stages
+from edgecnn.artifacts import Artifact, role_matches
 from edgecnn.cache import StageCache, default_cache
-from edgecnn.compress.distribute import ClusterTask, WorkerFinished  # no TensorFlow: safe at module level
-from edgecnn.artifacts import Artifact, ArtifactStore, role_matches
-from edgecnn.stages import StageResult
+from edgecnn.compress.distribute import WorkerFinished  # no TensorFlow: safe at module level
+from edgecnn.stage import STAGE_DIR, BuildContext, Cluster, InputFiles, Stage, StageResult
 from edgecnn.errors import DataError, EdgecnnError, ModelFileError
 from edgecnn.export.edgetpu import COMPILER as EDGETPU_COMPILER
 from edgecnn.export.formats import EDGETPU_FORMAT, float_formats
 from edgecnn.fileio import (claim_output_dir, clean_stale_temporaries, json_type_name, path_size, sha256_file,
                             write_json_atomic)
 from edgecnn.progress import Progress
-from edgecnn.recipe import Recipe, TrainConfig, load_recipe
+from edgecnn.recipe import Recipe, load_recipe
 
-STAGE_DIR = "stages"
 INPUT_HASHES_FILE = "input_hashes.json"  # under STAGE_DIR
 LOCK_FILE = ".edgecnn-lock"
 
@@ -84,31 +82,6 @@ class RunDirectoryBusyError(EdgecnnError):
     """Another build holds the run directory's lock (and the caller asked not to wait)."""
 
     exit_code = 8
-
-
-@dataclass(frozen=True)
-class InputFiles:
-    """Files outside the run directory that a stage reads; their content goes into its key.
-
-    Attributes:
-        root: the file or folder the recipe names (``teacher.path``, ``data.path`` ...).
-        files: the files read, under ``root`` (or ``root`` itself).
-    """
-
-    root: Path
-    files: tuple[Path, ...]
-
-
-def _no_inputs(recipe: Recipe) -> dict[str, InputFiles]:
-    return {}
-
-
-def _no_environment(recipe: Recipe) -> dict[str, str]:
-    return {}
-
-
-def _no_training(recipe: Recipe) -> TrainConfig | None:
-    return None
 
 
 def _model_file(key: str, path) -> dict[str, InputFiles]:
@@ -145,46 +118,6 @@ def _bench_inputs(r: Recipe) -> dict[str, InputFiles]:
         if target.benchmark_binary is not None:
             inputs.update(_model_file(f"bench[{i}].benchmark_binary", target.benchmark_binary))
     return inputs
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One pipeline step.
-
-    Attributes:
-        name: stage name (also its record file name).
-        sections: recipe sections whose values go into the cache key.
-        consumes: role patterns (``fnmatch``, e.g. ``model.keras.*``) of the upstream
-            artifacts the stage may read; the content of every matching artifact goes
-            into the cache key.
-        produces: role patterns of the artifacts the stage writes; a stage that returns
-            an artifact outside them is a programming error.
-        run: the transformation.
-        enabled: whether the recipe asks for this stage.
-        describe: one line for ``edgecnn validate``.
-        inputs: files outside the run directory the stage reads (recipe key -> files);
-            their content goes into the cache key.
-        shared: whether the stage's result goes into the shared cache (False for a
-            stage whose result is a measurement of the moment, or writes files that
-            are not artifacts).
-        environment: the host tools whose presence and version shape the result
-            (name -> identity, ``"absent"`` when missing); they go into the cache key.
-        trains: the recipe's training settings of this stage (None: it trains nothing).
-            A ``multi_worker`` one makes the build join the cluster before any stage
-            runs, and every worker decide together whether the stage is cached.
-    """
-
-    name: str
-    sections: tuple[str, ...]
-    consumes: tuple[str, ...]
-    produces: tuple[str, ...]
-    run: Callable[[Recipe, "BuildContext"], StageResult]
-    enabled: Callable[[Recipe], bool]
-    describe: Callable[[Recipe], str]
-    inputs: Callable[[Recipe], dict[str, InputFiles]] = _no_inputs
-    shared: bool = True
-    environment: Callable[[Recipe], dict[str, str]] = _no_environment
-    trains: Callable[[Recipe], TrainConfig | None] = _no_training
 
 
 def _teacher_needed(r: Recipe) -> bool:
@@ -257,63 +190,6 @@ def insert_stage(stage: Stage, *, after: str, stages: tuple[Stage, ...] = STAGES
 def planned_stages(recipe: Recipe, stages: tuple[Stage, ...] = STAGES) -> list[Stage]:
     """The stages of ``stages`` this recipe will run, in order (``edgecnn validate`` prints them)."""
     return [s for s in stages if s.enabled(recipe)]
-
-
-class BuildContext:
-    """What stages share: the run directory, produced artifacts, progress and lazy data.
-
-    Attributes:
-        artifacts: the typed artifacts produced so far, in chain order (query it with
-            ``latest(kind=...)``, ``all(kind=...)``, ``one(role)``).
-        metrics: per stage name, the metrics it returned (numbers for the report; stages
-            find each other's files through ``artifacts``, never here).
-        inputs: per stage, the sha256 of each input file set it read (recipe key -> digest).
-        stage_key: the cache key of the stage running now.
-    """
-
-    def __init__(self, recipe: Recipe, out_dir: Path, progress: Progress, cache: StageCache | None = None):
-        self.recipe = recipe
-        self.out_dir = out_dir
-        self.progress = progress
-        self.cache = cache
-        self.artifacts = ArtifactStore()
-        self.metrics: dict[str, dict] = {}
-        self.inputs: dict[str, dict[str, str]] = {}
-        self.stage_key: str | None = None
-        self.cluster: "Cluster | None" = None  # set by the pipeline when the recipe trains multi_worker
-        self._work_in_cache = False  # whether the running stage's checkpoints live in the shared cache
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        """A folder for the running stage's resumable state (epoch checkpoints), created on demand.
-
-        It belongs to the stage's cache key: the shared cache's ``work/<key>/`` (or
-        ``stages/work/<key>/`` in the run directory when the shared cache is off). It
-        survives a killed build, so a re-run with the same key finds it; only the build
-        holding the key's lock writes it; the pipeline removes it once the stage is
-        finished and recorded. Write into it atomically (``fileio.atomic_path``).
-        """
-        if self.stage_key is None:
-            raise RuntimeError("checkpoint_dir is only available while a stage runs")
-        if self._work_in_cache and self.cache is not None:
-            return self.cache.work_dir(self.stage_key)
-        from edgecnn.fileio import make_dirs
-
-        return make_dirs(self.out_dir / STAGE_DIR / "work" / self.stage_key)
-
-    @cached_property
-    def dataset(self):
-        """The loaded dataset; only stages that really run pay for loading it."""
-        from edgecnn.data import load_dataset
-
-        return load_dataset(self.recipe.data, self.recipe.seed)
-
-    def path(self, name: str) -> Path:
-        return self.out_dir / name
-
-    def metrics_of(self, artifact: Artifact) -> dict:
-        """The metrics of the stage that produced ``artifact`` (its accuracy, params ...)."""
-        return self.metrics.get(self.artifacts.producer(artifact.role), {})
 
 
 # Files changed this recently are hashed but not remembered: a write in the same clock
@@ -695,16 +571,6 @@ def distributed_stages(recipe: Recipe, plan: list[Stage]) -> list[Stage]:
     return [s for s in plan if (t := s.trains(recipe)) is not None and t.distribute == "multi_worker"]
 
 
-@dataclass
-class Cluster:
-    """This build's place in multi-worker training: the strategy, this task, and the stages trained together."""
-
-    strategy: object
-    task: "ClusterTask"
-    stages: tuple[str, ...]
-
-    def is_last_stage(self, name: str) -> bool:
-        return name == self.stages[-1]
 
 
 def join_cluster(recipe: Recipe, plan: list[Stage], progress: Progress) -> Cluster | None:

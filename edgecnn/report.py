@@ -13,7 +13,7 @@ from edgecnn.artifacts import MODEL_FILE_KINDS
 from edgecnn.fileio import path_size, sha256_file, write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:
-    from edgecnn.pipeline import BuildContext
+    from edgecnn.stage import BuildContext
     from edgecnn.recipe import Recipe
 
 ACCURACY_PLOT_FILE = "accuracy_size.svg"

@@ -1,0 +1,161 @@
+"""What every stage needs: file names, saving and loading Keras models, the datasets a
+training stage feeds, BatchNorm re-estimation, seeding, TFLite metadata, and the model to convert.
+
+A stage module imports these instead of re-writing them; a new training stage (prune,
+QAT, channel pruning) is its ``run_<name>`` function plus a row in
+:data:`edgecnn.pipeline.STAGES`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edgecnn.artifacts import Artifact
+from edgecnn.fileio import atomic_path
+
+if TYPE_CHECKING:
+    from edgecnn.recipe import Recipe
+    from edgecnn.stage import BuildContext
+
+DATASET_FILE = "dataset.json"
+
+TEACHER_FILE = "teacher.keras"
+
+STUDENT_FILE = "student.keras"
+
+EVALUATION_FILE = "evaluation.json"
+
+BUNDLE_DIR = "bundle"
+
+def keras_artifact(role: str, path: Path) -> Artifact:
+    """A float32 ``.keras`` model artifact (``model.keras.<step>``)."""
+    return Artifact(role, "keras", path, precision="float32")
+
+
+def input_shape(recipe: "Recipe") -> tuple[int, int, int]:
+    return (recipe.data.image_size, recipe.data.image_size, recipe.data.channels)
+
+
+def save_keras(model, path: Path) -> Path:
+    """``model.save`` to a ``.keras`` file whose bytes depend only on the model.
+
+    Keras stamps the archive with the save time (``metadata.json``'s ``date_saved`` and
+    the weights entry's zip date), so the same weights would get a new sha256 on every
+    save and re-run every later stage. The archive is rewritten without either.
+    """
+    from edgecnn.models.loading import save_keras_model
+
+    with atomic_path(path) as tmp:
+        save_keras_model(model, tmp)  # also for tfmot-wrapped models (see edgecnn.models.loading)
+        if tmp.is_file():
+            _normalize_keras_archive(tmp)
+    return path
+
+
+def _normalize_keras_archive(path: Path) -> None:
+    import json
+    import zipfile
+
+    from edgecnn.fileio import reproducible_zip_info
+
+    with zipfile.ZipFile(path) as zf:
+        entries = [(info.filename, info.compress_type, zf.read(info)) for info in zf.infolist()]
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, compression, data in entries:
+            if name == "metadata.json":
+                meta = json.loads(data)
+                meta.pop("date_saved", None)
+                data = json.dumps(meta).encode()
+            zf.writestr(reproducible_zip_info(name, compression), data)
+
+
+def eval_dataset(ctx: "BuildContext", x, y):
+    from edgecnn.data import make_tf_dataset
+
+    ds = ctx.dataset
+    return make_tf_dataset(x, y, ds.normalization, ctx.recipe.evaluate.batch_size)
+
+
+def train_val_datasets(ctx: "BuildContext", batch_size: int, soft_targets=None):
+    from edgecnn.data import make_tf_dataset
+
+    r, ds = ctx.recipe, ctx.dataset
+    train = make_tf_dataset(ds.x_train, ds.y_train, ds.normalization, batch_size,
+                            augment=r.data.augment, shuffle=True, seed=r.seed, extra=soft_targets)
+    val = None
+    if len(ds.x_val):
+        val = make_tf_dataset(ds.x_val, ds.y_val, ds.normalization, r.evaluate.batch_size)
+    return train, val
+
+
+def rounded(values) -> list[float]:
+    return [round(float(v), 5) for v in values or []]
+
+
+def recalibrate(ctx: "BuildContext", model) -> None:
+    """Fresh BatchNorm statistics from un-augmented training images (see recalibrate_batchnorm)."""
+    from edgecnn.compress.train import recalibrate_batchnorm
+
+    ds = ctx.dataset
+    batches = recalibrate_batchnorm(model, eval_dataset(ctx, ds.x_train, ds.y_train), max_batches=50)
+    if batches:
+        ctx.progress.line(f"    BatchNorm statistics re-estimated on {batches} training batches")
+
+
+def final_metric(history: dict, name: str) -> float | None:
+    values = history.get(name)
+    return round(float(values[-1]), 5) if values else None
+
+
+def load_model(path, what: str | None = None, **options):
+    """Load a ``.keras`` model artifact (or ``teacher.path``); ``what`` names it in errors.
+
+    ``options`` go to :func:`edgecnn.models.loading.load_keras_model` (``trust_code``,
+    ``origin``: the user's file an artifact was copied from, which errors then name).
+    """
+    from edgecnn.models.teachers import load_keras_model
+
+    return load_keras_model(path, what=what or Path(path).name, **options)
+
+
+def load_teacher(recipe: "Recipe", ctx: "BuildContext"):
+    """The teacher artifact, trusted as ``teacher.trust_code`` says; errors name ``teacher.path`` if given."""
+    cfg = recipe.teacher
+    return load_model(ctx.artifacts.one("model.keras.teacher").path, "teacher.path" if cfg.path else None,
+                      trust_code=cfg.trust_code, origin=cfg.path)
+
+
+def add_metadata(path: Path, recipe: "Recipe", ctx: "BuildContext") -> Path:
+    """Write labels and input normalization into the .tflite (standard TFLite metadata)."""
+    import json
+
+    from edgecnn._version import __version__
+    from edgecnn.tflite.metadata import write_metadata
+
+    info = json.loads(ctx.artifacts.one("dataset").path.read_text())
+    classes = info["class_names"]
+    write_metadata(path, classes, info["normalization"],
+                   input_color="RGB" if recipe.data.channels == 3 else "GRAYSCALE", name=recipe.name,
+                   description=f"{recipe.student.architecture} image classifier, {len(classes)} classes (edgecnn)",
+                   version=__version__, out=path)
+    return path
+
+
+def seed_everything(seed: int) -> None:
+    from edgecnn._tf import keras
+
+    keras().utils.set_random_seed(seed)
+
+
+def format_artifact(fmt, path: Path) -> Artifact:
+    return Artifact(fmt.role, fmt.kind, path, precision=fmt.precision, runtime=fmt.runtime)
+
+
+def model_to_convert(ctx: "BuildContext"):
+    """The latest Keras model in the chain (the student, or what a later step made of it)."""
+    from edgecnn.export.tflite import inference_model
+
+    source = ctx.artifacts.latest(kind="keras")
+    ctx.progress.line(f"    converting {source.path.name} ({source.role})")
+    return inference_model(load_model(source.path)), source
