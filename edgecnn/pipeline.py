@@ -65,6 +65,7 @@ from edgecnn import stages as _stages
 from edgecnn.artifacts import Artifact, role_matches
 from edgecnn.cache import StageCache, default_cache
 from edgecnn.compress.distribute import WorkerFinished  # no TensorFlow: safe at module level
+from edgecnn.stages.common import METADATA_SECTIONS
 from edgecnn.stage import STAGE_DIR, BuildContext, Cluster, InputFiles, Stage, StageResult
 from edgecnn.errors import DataError, EdgecnnError, ModelFileError
 from edgecnn.export.edgetpu import COMPILER as EDGETPU_COMPILER
@@ -143,10 +144,10 @@ STAGES: tuple[Stage, ...] = (
                     + (f"distilled at T={r.distill.temperature:g}, alpha={r.distill.alpha:g}" if r.distill.enabled else "hard labels only")
                     + f", {r.distill.train.epochs} epochs",
           lambda r: _weights_file("student.weights", r.student.weights), trains=lambda r: r.distill.train),
-    Stage("export", ("export",), ("dataset", "model.keras.*"), ("model.tflite.float32", "model.tflite.float16"),
+    Stage("export", ("export", *METADATA_SECTIONS), ("dataset", "model.keras.*"), ("model.tflite.float32", "model.tflite.float16"),
           _stages.run_export, lambda r: bool(float_formats(r.export.formats)),
           lambda r: "TFLite " + ", ".join(f.name for f in float_formats(r.export.formats)) + " of the latest Keras model"),
-    Stage("quantize", ("quantize", "seed"), ("dataset", "model.keras.*"), ("model.tflite.int8",), _stages.run_quantize,
+    Stage("quantize", ("quantize", "seed", *METADATA_SECTIONS), ("dataset", "model.keras.*"), ("model.tflite.int8",), _stages.run_quantize,
           lambda r: r.quantize.int8,
           lambda r: f"post-training int8, {r.quantize.io_dtype} I/O, "
                     f"{r.quantize.calibration_samples or r.data.representative_samples} calibration images"),
@@ -158,7 +159,8 @@ STAGES: tuple[Stage, ...] = (
           environment=_stages.edgetpu_environment),
     Stage("evaluate", ("evaluate",), ("dataset", "model.tflite.*"), ("report.evaluation",), _stages.run_evaluate,
           lambda r: True, lambda r: "test-split accuracy of every .tflite on ai-edge-litert"),
-    Stage("bundle", ("export",), ("dataset", "model.tflite.*", "report.evaluation"), ("bundle",), _stages.run_bundle,
+    # The bundle records the whole recipe's hash and name: every section is in its key.
+    Stage("bundle", tuple(Recipe.model_fields), ("dataset", "model.tflite.*", "report.evaluation"), ("bundle",), _stages.run_bundle,
           lambda r: r.export.bundle,
           lambda r: "deploy bundle in bundle/: models, labels, golden samples, device runner"),
     # Cached like the others (config + model and data content); re-measure by changing

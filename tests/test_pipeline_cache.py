@@ -254,3 +254,12 @@ def test_recipe_warnings_and_inherited_augmentations_reach_log_and_report(run, t
     assert {"key": "data.augment.horizontal_flip", "value": True} in [{k: r[k] for k in ("key", "value")} for r in rows]
     assert all(Path(r["from"]).name == "parent.yaml" for r in rows)
     assert "`data.augment.horizontal_flip` = `true`" in result.report_md_path.read_text()
+
+
+def test_a_renamed_recipe_keys_every_stage_that_writes_the_name_into_a_file(tmp_path):
+    """add_metadata writes recipe.name into each .tflite: export and quantize keys cover it, training keys do not."""
+    base = write_teacher_path_recipe(tmp_path, "one", seed=3, test_limit=50, tail="export: {formats: [float32], bundle: true}\n")
+    one, two = load_recipe(base), load_recipe(base, ("name=two",))
+    changed = {s.name for s in pipeline.planned_stages(one)
+               if one.section_hash(*s.sections) != two.section_hash(*s.sections)}
+    assert changed == {"export", "quantize", "bundle"}, changed

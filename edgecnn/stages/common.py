@@ -126,6 +126,12 @@ def load_teacher(recipe: "Recipe", ctx: "BuildContext"):
                       trust_code=cfg.trust_code, origin=cfg.path)
 
 
+# The recipe parts add_metadata writes into a .tflite besides the dataset's labels and
+# normalization (an upstream artifact): every stage that calls it lists them in its cache
+# key, so a renamed recipe never restores a file carrying the other name from the cache.
+METADATA_SECTIONS = ("name", "student")
+
+
 def add_metadata(path: Path, recipe: "Recipe", ctx: "BuildContext") -> Path:
     """Write labels and input normalization into the .tflite (standard TFLite metadata)."""
     import json
