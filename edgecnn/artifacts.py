@@ -18,11 +18,18 @@ role                        kind     precision  runtime   what
 ``model.tflite.float32``    tflite   float32    litert    float TFLite export
 ``model.tflite.float16``    tflite   float16    litert    float16-weight TFLite export
 ``model.tflite.int8``       tflite   int8       litert    full-integer TFLite
+``model.tflite.<f>.<src>``  tflite   ...        litert    format ``f`` of another Keras model ``src``
 ``model.tflite.edgetpu``    edgetpu  int8       edgetpu   int8 TFLite compiled for the Edge TPU
 ``report.evaluation``       json     -          -         ``evaluation.json``
 ``bench_samples.<n>``       npz      -          -         the first n normalized test images
 ``bundle``                  dir      -          -         the deploy bundle folder
 ==========================  =======  =========  ========  =========================================
+
+Every format is written for each deployable Keras model (all but the teacher): the
+student's files keep the short roles above (``model.tflite.int8``, ``student_int8.tflite``),
+another model's carry its name (``model.tflite.int8.pruned``, ``pruned_int8.tflite``).
+A converted file records the role of the model it came from in :attr:`Artifact.source`,
+so comparisons ("drop against its float source") follow the artifact graph, not names.
 
 ``runtime`` names what can run a model: ``litert`` is any host TFLite interpreter
 (ai-edge-litert, tflite-runtime, ``tf.lite``: the same reference kernels); ``edgetpu``
@@ -70,6 +77,8 @@ class Artifact:
         precision: ``float32``/``float16``/``int8`` for models, None otherwise.
         runtime: what can evaluate it (``litert``, ``edgetpu``), None for non-models and
             Keras models (evaluated with tf_keras by the stage that made them).
+        source: the role of the artifact this one was converted from (a TFLite file's
+            Keras model, an Edge TPU file's int8 file); None for originals.
     """
 
     role: str
@@ -78,6 +87,7 @@ class Artifact:
     sha256: str | None = None
     precision: str | None = None
     runtime: str | None = None
+    source: str | None = None
 
     def __post_init__(self):
         if not self.role or any(not part for part in self.role.split(".")):
@@ -105,8 +115,11 @@ class Artifact:
 
     def to_record(self, root: Path, size_bytes: int) -> dict:
         """The JSON form kept in ``stages/<stage>.json`` and ``manifest.json``."""
-        return {"role": self.role, "kind": self.kind, "precision": self.precision, "runtime": self.runtime,
-                "path": self.path.relative_to(root).as_posix(), "sha256": self.sha256, "size_bytes": size_bytes}
+        record = {"role": self.role, "kind": self.kind, "precision": self.precision, "runtime": self.runtime,
+                  "path": self.path.relative_to(root).as_posix(), "sha256": self.sha256, "size_bytes": size_bytes}
+        if self.source is not None:
+            record["source"] = self.source
+        return record
 
     @classmethod
     def from_record(cls, item: dict, root: Path) -> "Artifact":
@@ -139,11 +152,11 @@ def _artifact_from_item(item: dict) -> Artifact:
     for key in ("role", "kind"):
         if not isinstance(item.get(key), str):
             raise TypeError(f"'{key}' is not a string")
-    for key in ("precision", "runtime"):
+    for key in ("precision", "runtime", "source"):
         if item.get(key) is not None and not isinstance(item[key], str):
             raise TypeError(f"'{key}' is not a string or null")
     return Artifact(item["role"], item["kind"], Path(item["path"]), item["sha256"], item.get("precision"),
-                    item.get("runtime"))
+                    item.get("runtime"), item.get("source"))
 
 
 class ArtifactStore:

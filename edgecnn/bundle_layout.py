@@ -35,9 +35,13 @@ FLOAT_OP_ERROR = 32 * float(np.finfo(np.float32).eps)
 MIN_TOP1_AGREEMENT = 0.9
 
 
-def golden_name(precision: str) -> str:
-    """The golden-outputs file of the bundle's ``precision`` model."""
-    return f"golden_{precision}.npz"
+def golden_name(precision: str, model_file: str | None = None) -> str:
+    """The golden-outputs file of a bundle's model: ``golden_int8.npz`` for the student's
+    ``student_int8.tflite``, ``golden_pruned_int8.npz`` for ``pruned_int8.tflite`` (several
+    models of one precision side by side)."""
+    if model_file is None or model_file == f"student_{precision}.tflite":
+        return f"golden_{precision}.npz"
+    return f"golden_{model_file.rsplit('.', 1)[0]}.npz"
 
 
 def read_bundle_json(path: Path, what: str) -> dict:

@@ -144,10 +144,11 @@ STAGES: tuple[Stage, ...] = (
                     + (f"distilled at T={r.distill.temperature:g}, alpha={r.distill.alpha:g}" if r.distill.enabled else "hard labels only")
                     + f", {r.distill.train.epochs} epochs",
           lambda r: _weights_file("student.weights", r.student.weights), trains=lambda r: r.distill.train),
-    Stage("export", ("export", *METADATA_SECTIONS), ("dataset", "model.keras.*"), ("model.tflite.float32", "model.tflite.float16"),
+    Stage("export", ("export", *METADATA_SECTIONS), ("dataset", "model.keras.*"), ("model.tflite.float32", "model.tflite.float16", "model.tflite.float32.*", "model.tflite.float16.*"),
           _stages.run_export, lambda r: bool(float_formats(r.export.formats)),
           lambda r: "TFLite " + ", ".join(f.name for f in float_formats(r.export.formats)) + " of the latest Keras model"),
-    Stage("quantize", ("quantize", "seed", *METADATA_SECTIONS), ("dataset", "model.keras.*"), ("model.tflite.int8",), _stages.run_quantize,
+    Stage("quantize", ("quantize", "seed", *METADATA_SECTIONS), ("dataset", "model.keras.*"), ("model.tflite.int8", "model.tflite.int8.*"),
+          _stages.run_quantize,
           lambda r: r.quantize.int8,
           lambda r: f"post-training int8, {r.quantize.io_dtype} I/O, "
                     f"{r.quantize.calibration_samples or r.data.representative_samples} calibration images"),

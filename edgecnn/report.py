@@ -58,6 +58,7 @@ def collect_models(ctx: "BuildContext") -> list[dict]:
                      "precision": artifact.precision, "runtime": artifact.runtime,
                      "size_bytes": path_size(artifact.path), "accuracy": result.get("accuracy"),
                      "input_dtype": result.get("input_dtype"), "output_dtype": result.get("output_dtype"),
+                     "source": artifact.source,
                      "evaluated_with": f"{evaluation.get('runtime')} {evaluation.get('runtime_version')}"
                      if evaluated else result.get("status", "not evaluated")})
         if not evaluated and result.get("reason"):
@@ -65,24 +66,48 @@ def collect_models(ctx: "BuildContext") -> list[dict]:
     return rows
 
 
-def summarize(models: list[dict]) -> dict:
-    """Headline comparisons: int8 accuracy drop and size ratio against the float model.
+def compare_to_sources(models: list[dict]) -> list[dict]:
+    """Each converted model against its float source, following the artifact graph.
 
-    The reference is the float32 TFLite file, else the latest Keras model (the one the
-    int8 file was converted from).
+    A TFLite file's reference is the float32 TFLite file of the same Keras model when that
+    was evaluated, else the Keras model itself (``source``). One row per converted file
+    with an accuracy: drop in points, reference name, size ratio to the float32 file.
     """
     by_role = {m.get("role"): m for m in models}
-    int8, f32 = by_role.get("model.tflite.int8"), by_role.get("model.tflite.float32")
-    keras_models = [m for m in models if m["kind"] == "keras"]
-    latest_keras = keras_models[-1] if keras_models else None
+    float32_of = {m.get("source"): m for m in models
+                  if m["kind"] == "tflite" and m.get("precision") == "float32" and m.get("accuracy") is not None}
+    rows = []
+    for m in models:
+        if m["kind"] == "keras" or m.get("accuracy") is None or m.get("source") is None:
+            continue
+        f32 = float32_of.get(m["source"])
+        reference = f32 if f32 is not None and f32 is not m else by_role.get(m["source"])
+        if reference is None or reference.get("accuracy") is None:
+            continue
+        row = {"name": m["name"], "source": m["source"], "reference": reference["name"],
+               "accuracy_drop_points": round((reference["accuracy"] - m["accuracy"]) * 100, 3)}
+        if f32 is not None and f32 is not m:
+            row["size_ratio"] = round(m["size_bytes"] / f32["size_bytes"], 4)
+        rows.append(row)
+    return rows
+
+
+def summarize(models: list[dict]) -> dict:
+    """Headline comparisons: the student's int8 accuracy drop and size ratio against its
+    float model, and every converted file against its own float source (``variants``).
+
+    The reference is the float32 TFLite file of the same Keras model, else that Keras model.
+    """
     out: dict = {}
-    if int8 and int8.get("accuracy") is not None:
-        reference = f32 if f32 and f32.get("accuracy") is not None else latest_keras
-        if reference and reference.get("accuracy") is not None:
-            out["int8_accuracy_drop_points"] = round((reference["accuracy"] - int8["accuracy"]) * 100, 3)
-            out["int8_drop_reference"] = reference["name"]
-        if f32:
-            out["int8_size_ratio"] = round(int8["size_bytes"] / f32["size_bytes"], 4)
+    variants = compare_to_sources(models)
+    student_int8 = next((v for v in variants if v["name"] == "tflite_int8"), None)
+    if student_int8 is not None:
+        out["int8_accuracy_drop_points"] = student_int8["accuracy_drop_points"]
+        out["int8_drop_reference"] = student_int8["reference"]
+        if "size_ratio" in student_int8:
+            out["int8_size_ratio"] = student_int8["size_ratio"]
+    if variants:
+        out["variants"] = variants
     return out
 
 
@@ -201,6 +226,10 @@ def render_markdown(report: dict) -> str:
                          f"**{summary['int8_accuracy_drop_points']:.2f} points**")
         if "int8_size_ratio" in summary:
             lines.append(f"- int8 file size: **{summary['int8_size_ratio']:.2f}x** the float32 file")
+        others = [v for v in summary.get("variants", []) if v["name"] != "tflite_int8"]
+        for v in others:
+            size = f", {v['size_ratio']:.2f}x the float32 file" if "size_ratio" in v else ""
+            lines.append(f"- {v['name']}: {v['accuracy_drop_points']:.2f} points below {v['reference']}{size}")
     for plot in report.get("plots", []):
         lines += ["", f"![{plot}]({plot})"]
     dataset = report.get("dataset") or {}

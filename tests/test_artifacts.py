@@ -193,28 +193,40 @@ def test_export_quantize_evaluate_report_pick_up_the_inserted_model(inserted):
     records = {name: json.loads((out / "stages" / f"{name}.json").read_text()) for name in result.ran}
     pruned = records["prune"]["artifacts"]["pruned"]
     assert (pruned["role"], pruned["kind"], pruned["precision"]) == ("model.keras.pruned", "keras", "float32")
-    assert records["export"]["metrics"]["source"] == records["quantize"]["metrics"]["source"] == "model.keras.pruned"
+    # Both deployable models are converted side by side, each file naming its source.
+    assert records["export"]["metrics"]["sources"] == ["model.keras.student", "model.keras.pruned"]
+    assert records["quantize"]["metrics"]["sources"] == ["model.keras.student", "model.keras.pruned"]
+    assert records["quantize"]["artifacts"]["tflite_int8_pruned"]["source"] == "model.keras.pruned"
 
-    # The float32 file computes the pruned model, not the student it was pruned from
-    # (both Keras models give logits; the exported classifier ends in a softmax).
+    # Each float32 file computes its own Keras model (both give logits; the exported
+    # classifier ends in a softmax).
     recipe = load_recipe(recipe_path)
     ds = load_dataset(recipe.data, recipe.seed)
     x = ds.normalization.apply(ds.x_test[:16])
-    got = _run_tflite(out / "student_float32.tflite", x)
-    want = _softmax(load_model(out / "pruned.keras").predict(x, verbose=0))
+    pruned = _softmax(load_model(out / "pruned.keras").predict(x, verbose=0))
     student = _softmax(load_model(out / "student.keras").predict(x, verbose=0))
-    np.testing.assert_allclose(got, want, atol=1e-4)
-    assert np.abs(got - student).max() > 1e-3
+    np.testing.assert_allclose(_run_tflite(out / "pruned_float32.tflite", x), pruned, atol=1e-4)
+    np.testing.assert_allclose(_run_tflite(out / "student_float32.tflite", x), student, atol=1e-4)
+    assert np.abs(pruned - student).max() > 1e-3
 
     evaluation = json.loads((out / "evaluation.json").read_text())["models"]
     assert {n: r["status"] for n, r in evaluation.items()} == {
-        "tflite_float32": "evaluated", "tflite_int8": "evaluated", "tflite_edgetpu": NOT_EVALUABLE}
+        "tflite_float32": "evaluated", "tflite_float32_pruned": "evaluated", "tflite_int8": "evaluated",
+        "tflite_int8_pruned": "evaluated", "tflite_edgetpu": NOT_EVALUABLE}
     assert evaluation["tflite_edgetpu"]["accuracy"] is None and "edgetpu" in evaluation["tflite_edgetpu"]["reason"]
     assert evaluation["tflite_float32"]["role"] == "model.tflite.float32"
+    assert evaluation["tflite_int8_pruned"]["role"] == "model.tflite.int8.pruned"
 
     report = json.loads(result.report_path.read_text())
     rows = {m["name"]: m for m in report["models"]}
-    assert list(rows) == ["teacher", "student", "pruned", "tflite_float32", "tflite_int8", "tflite_edgetpu"]
+    assert list(rows) == ["teacher", "student", "pruned", "tflite_float32", "tflite_float32_pruned", "tflite_int8",
+                          "tflite_int8_pruned", "tflite_edgetpu"]
+    # Comparisons follow the graph: each int8 file against the float32 file of its own source.
+    variants = {v["name"]: v for v in report["summary"]["variants"]}
+    assert variants["tflite_int8_pruned"]["reference"] == "tflite_float32_pruned"
+    assert variants["tflite_int8"]["reference"] == "tflite_float32"
+    drop = (rows["tflite_float32_pruned"]["accuracy"] - rows["tflite_int8_pruned"]["accuracy"]) * 100
+    assert variants["tflite_int8_pruned"]["accuracy_drop_points"] == pytest.approx(drop, abs=1e-3)
     assert rows["pruned"]["accuracy"] == records["prune"]["metrics"]["accuracy"]
     assert rows["tflite_edgetpu"]["accuracy"] is None and rows["tflite_edgetpu"]["evaluated_with"] == NOT_EVALUABLE
     assert rows["tflite_int8"]["accuracy"] == evaluation["tflite_int8"]["accuracy"]

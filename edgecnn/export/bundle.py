@@ -131,9 +131,10 @@ def write_bundle(run_dir: str | os.PathLike, out_dir: str | os.PathLike, model: 
         for precision, src, name in chosen:
             dst = tmp / src.name
             shutil.copyfile(src, dst)
-            spec = _golden(dst, x_real, y_test, tmp / golden_name(precision))
+            golden = golden_name(precision, src.name)
+            spec = _golden(dst, x_real, y_test, tmp / golden)
             accuracy = evaluation.get("models", {}).get(name, {}).get("accuracy")
-            models.append({"file": src.name, "precision": precision, "golden": golden_name(precision),
+            models.append({"file": src.name, "precision": precision, "golden": golden,
                            "accuracy": accuracy, **spec})
         (tmp / LABELS_FILE).write_text("\n".join(classes) + "\n", encoding="utf-8")
         shutil.copyfile(RUNNER_PATH, tmp / RUNNER_FILE)

@@ -29,8 +29,21 @@ class ExportFormat:
 
     @property
     def role(self) -> str:
-        """The artifact role of the file: ``model.tflite.<name>``."""
+        """The artifact role of the student's file: ``model.tflite.<name>``."""
         return f"model.tflite.{self.name}"
+
+    def role_for(self, source: str) -> str:
+        """The role of this format of the Keras model named ``source`` (``student``, ``pruned``)."""
+        return self.role if source == PRIMARY_SOURCE else f"{self.role}.{source}"
+
+    def filename_for(self, source: str) -> str:
+        """The file name of this format of ``source``: ``student_int8.tflite``, ``pruned_int8.tflite``."""
+        return self.filename.replace(f"{PRIMARY_SOURCE}_", f"{source}_", 1)
+
+
+# The model whose files keep the short roles (model.tflite.int8): the student. Every other
+# deployable model's files carry its name, so several models of one precision coexist.
+PRIMARY_SOURCE = "student"
 
 
 FORMATS: tuple[ExportFormat, ...] = (

@@ -154,14 +154,23 @@ def seed_everything(seed: int) -> None:
     keras().utils.set_random_seed(seed)
 
 
-def format_artifact(fmt, path: Path) -> Artifact:
-    return Artifact(fmt.role, fmt.kind, path, precision=fmt.precision, runtime=fmt.runtime)
+def format_artifact(fmt, path: Path, source: Artifact | None = None) -> Artifact:
+    """The artifact of ``fmt`` converted from ``source`` (a Keras model), written at ``path``."""
+    role = fmt.role_for(source.name) if source is not None else fmt.role
+    return Artifact(role, fmt.kind, path, precision=fmt.precision, runtime=fmt.runtime,
+                    source=source.role if source is not None else None)
 
 
-def model_to_convert(ctx: "BuildContext"):
-    """The latest Keras model in the chain (the student, or what a later step made of it)."""
+def deployable_models(ctx: "BuildContext") -> list[Artifact]:
+    """The Keras models that ship to a device, in chain order: the student and every model a
+    compression step made of it (pruned, QAT ...); never the teacher."""
+    return [a for a in ctx.artifacts.all(kind="keras") if a.role != "model.keras.teacher"]
+
+
+def model_to_convert(ctx: "BuildContext", source: Artifact | None = None):
+    """``source`` (default: the latest Keras model in the chain) loaded for conversion, and its artifact."""
     from edgecnn.export.tflite import inference_model
 
-    source = ctx.artifacts.latest(kind="keras")
+    source = source or ctx.artifacts.latest(kind="keras")
     ctx.progress.line(f"    converting {source.path.name} ({source.role})")
     return inference_model(load_model(source.path)), source

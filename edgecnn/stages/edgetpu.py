@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from edgecnn.stage import StageResult
-from edgecnn.stages.common import format_artifact
+from edgecnn.artifacts import Artifact
 
 if TYPE_CHECKING:
     from edgecnn.recipe import Recipe
@@ -56,4 +56,6 @@ def run_edgetpu(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
             "on_chip_memory_used_bytes", "off_chip_memory_used_bytes")
     metrics = {k: parsed.get(k) for k in keep}
     metrics["source"] = int8.role
-    return StageResult([format_artifact(EDGETPU_FORMAT, out)], metrics)
+    artifact = Artifact(EDGETPU_FORMAT.role, EDGETPU_FORMAT.kind, out, precision=EDGETPU_FORMAT.precision,
+                        runtime=EDGETPU_FORMAT.runtime, source=int8.role)
+    return StageResult([artifact], metrics)
