@@ -211,9 +211,11 @@ def validate(recipe: str, overrides: tuple[str, ...], as_json: bool) -> None:
 @main.command("inspect")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def inspect_command(model: str, as_json: bool) -> None:
-    """Show a .tflite file's inputs, outputs, quantization, ops and tensor types."""
-    from edgecnn.tflite.reader import format_summary, inspect_tflite, summary_to_dict
+@click.option("--block", type=click.IntRange(2, 64), default=4, show_default=True,
+              help="N of the M:N pattern to check in the sparsity read-back (fewest zeros per N weights).")
+def inspect_command(model: str, as_json: bool, block: int) -> None:
+    """Show a .tflite file's inputs, outputs, quantization, ops, tensor types and weight sparsity."""
+    from edgecnn.tflite.reader import format_summary, inspect_tflite, sparsity_summary, summary_to_dict, weight_sparsity
 
     summary = inspect_tflite(model)
     meta = None
@@ -221,10 +223,24 @@ def inspect_command(model: str, as_json: bool) -> None:
         from edgecnn.tflite.metadata import read_metadata
 
         meta = read_metadata(model)
+    weights = weight_sparsity(model, block=block)
+    overall = sparsity_summary(weights, min_sparsity=0.3)
     if as_json:
-        click.echo(json.dumps({**summary_to_dict(summary), "tflite_metadata": meta}, indent=2))
+        per_tensor = [{"tensor": w.tensor, "op": w.op, "dtype": w.dtype, "shape": list(w.shape),
+                       "elements": w.elements, "zeros": w.zeros, "sparsity": round(w.sparsity, 5),
+                       f"min_zeros_per_{block}": w.min_zeros_per_block} for w in weights]
+        click.echo(json.dumps({**summary_to_dict(summary), "tflite_metadata": meta,
+                               "weight_sparsity": {**overall, "tensors": per_tensor}}, indent=2))
         return
     click.echo(format_summary(summary))
+    click.echo(f"weight sparsity (read from the file): {overall['sparsity']:.1%} of {overall['weights']:,} weights zero"
+               + (f"; {overall['pruned_tensors']} tensors at >= 30 %: {overall['pruned_sparsity']:.1%} zero"
+                  if overall["pruned_tensors"] else ""))
+    for w in weights:
+        if w.sparsity >= 0.3:
+            pattern = f", >= {w.min_zeros_per_block} zeros in every {block} along input channels" \
+                if w.min_zeros_per_block else ""
+            click.echo(f"  {w.op:<17} {w.sparsity:6.1%}  {w.tensor}{pattern}")
     if meta:
         labels = meta.get("labels") or []
         click.echo(f"tflite metadata: {meta.get('name')} v{meta.get('version')}, {meta.get('color_space')} input, "

@@ -144,6 +144,12 @@ STAGES: tuple[Stage, ...] = (
                     + (f"distilled at T={r.distill.temperature:g}, alpha={r.distill.alpha:g}" if r.distill.enabled else "hard labels only")
                     + f", {r.distill.train.epochs} epochs",
           lambda r: _weights_file("student.weights", r.student.weights), trains=lambda r: r.distill.train),
+    Stage("prune", ("prune", "distill", "seed"), ("dataset", "model.keras.teacher", "model.keras.student"),
+          ("model.keras.pruned",), _stages.run_prune, lambda r: r.prune is not None,
+          lambda r: (f"{r.prune.m_by_n[0]}:{r.prune.m_by_n[1]}" if r.prune.m_by_n else f"{r.prune.sparsity:.0%}")
+                    + f" magnitude pruning of the student, {r.prune.schedule.kind} schedule, "
+                    + f"{r.prune.train.epochs} fine-tune epochs" + (" distilled" if r.distill.enabled else ""),
+          trains=lambda r: r.prune.train),
     Stage("export", ("export", *METADATA_SECTIONS), ("dataset", "model.keras.*"), ("model.tflite.float32", "model.tflite.float16", "model.tflite.float32.*", "model.tflite.float16.*"),
           _stages.run_export, lambda r: bool(float_formats(r.export.formats)),
           lambda r: "TFLite " + ", ".join(f.name for f in float_formats(r.export.formats)) + " of the latest Keras model"),

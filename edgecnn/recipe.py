@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
@@ -164,10 +164,92 @@ class DistillConfig(_Section):
     """Soft-target knowledge distillation (Hinton et al., 2015, arXiv:1503.02531)."""
 
     enabled: bool = Field(True, description="Train the student on the teacher's soft targets; False = hard labels only.")
+    # The registered distillation losses (edgecnn.compress.losses, needs_teacher); a test
+    # keeps this list and the registry equal, so the recipe validates without TensorFlow.
+    loss: Literal["soft_kd"] = Field("soft_kd", description="Distillation loss (registered in edgecnn.compress.losses): soft_kd = Hinton's soft targets. Also used by every fine-tuning stage (prune) when there is a teacher.")
     temperature: float = Field(4.0, gt=0.0, le=100.0, description="Softmax temperature T for soft targets; the soft loss is scaled by T^2.")
     alpha: float = Field(0.7, ge=0.0, le=1.0, description="Weight of the soft (KL) loss; 1 - alpha weights the hard-label loss.")
     teacher_outputs: Literal["online", "cached"] = Field("online", description="online: teacher runs on every augmented batch; cached: teacher logits computed once on un-augmented images (about 2x faster on CPU).")
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=10), description="Student training.")
+
+
+# --------------------------------------------------------------------------- prune
+
+
+class ConstantSparsity(_Section):
+    """Prune to the target sparsity at once at ``begin``, then keep the masks while fine-tuning.
+
+    tfmot ``ConstantSparsity``: the mask is recomputed every ``frequency`` steps from
+    ``begin`` to ``end``.
+    """
+
+    kind: Literal["constant"] = Field("constant", description="Schedule kind.")
+
+
+class PolynomialDecaySparsity(_Section):
+    """Raise sparsity from ``initial_sparsity`` to the target between ``begin`` and ``end``.
+
+    tfmot ``PolynomialDecay`` (Zhu & Gupta, 2017, arXiv:1710.01878):
+    ``s(t) = s_f + (s_i - s_f) * (1 - (t - t_0) / (t_n - t_0)) ** power``.
+    """
+
+    kind: Literal["polynomial_decay"] = Field("polynomial_decay", description="Schedule kind.")
+    initial_sparsity: float = Field(0.0, ge=0.0, lt=1.0, description="Sparsity at `begin`.")
+    power: float = Field(3.0, gt=0.0, le=10.0, description="Exponent of the decay (3 = cubic, as in the paper).")
+
+
+class PruneConfig(_Section):
+    """Magnitude pruning of the student (tfmot prune_low_magnitude), fine-tuned with distillation.
+
+    Pruned by default: every Conv2D and Dense kernel except the first layer (its few input
+    channels carry all the image), the last (the classifier: every logit counts) and
+    depthwise kernels (tfmot has no pruning for them, and at 9 weights a channel they are a
+    small share of a MobileNet). ``include``/``exclude`` change that by layer-name globs.
+    """
+
+    method: Literal["magnitude"] = Field("magnitude", description="magnitude: zero the smallest weights (a smaller gzip; latency only on XNNPACK's sparse float path).")
+    sparsity: float = Field(0.5, ge=0.0, lt=1.0, description="Target fraction of zero weights in each pruned kernel.")
+    schedule: Union[ConstantSparsity, PolynomialDecaySparsity] = Field(
+        default_factory=PolynomialDecaySparsity, discriminator="kind",
+        description="How sparsity rises over the fine-tune: {kind: constant} or {kind: polynomial_decay, initial_sparsity, power}.")
+    begin: float = Field(0.0, ge=0.0, lt=1.0, description="When pruning starts, as a fraction of the fine-tune's steps.")
+    end: float = Field(0.7, gt=0.0, le=1.0, description="When the target is reached and masks stop changing, as a fraction of the fine-tune's steps.")
+    frequency: int = Field(10, ge=1, le=100000, description="Steps between mask updates.")
+    m_by_n: Optional[tuple[int, int]] = Field(None, description="Structured M:N sparsity, e.g. [2, 4]: at least M zeros in every block of N weights along input channels (layers whose input channels N does not divide stay dense). Sets the sparsity to M/N.")
+    include: list[str] = Field(default_factory=lambda: ["*"], description="Globs over layer names: only matching Conv2D/Dense layers are pruned.")
+    exclude: list[str] = Field(default_factory=list, description="Globs over layer names never pruned (besides first, last and depthwise).")
+    keep_first_last: bool = Field(True, description="Never prune the first and the last prunable layer.")
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=2, learning_rate=5e-4),
+                               description="Fine-tuning while pruning (distilled from the teacher when there is one).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sparsity_of_m_by_n(cls, data: Any) -> Any:
+        # M:N fixes the sparsity at M/N: filled in here (the model is frozen afterwards).
+        pair = data.get("m_by_n") if isinstance(data, dict) else None
+        if isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(v, int) and v > 0 for v in pair):
+            m, n = pair
+            given = data.get("sparsity")
+            if given is not None and isinstance(given, (int, float)) and abs(given - m / n) > 1e-9:
+                raise ValueError(f"prune.m_by_n {list(pair)} sets the sparsity to {m / n:g}; "
+                                 f"remove prune.sparsity ({given:g}) or make it {m / n:g}")
+            if m < n:
+                data = {**data, "sparsity": m / n}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "PruneConfig":
+        if self.end <= self.begin:
+            raise ValueError(f"prune: the schedule ends (end {self.end:g}) before it begins (begin {self.begin:g}); "
+                             "set end > begin (fractions of the fine-tune)")
+        if isinstance(self.schedule, PolynomialDecaySparsity) and self.schedule.initial_sparsity > self.sparsity:
+            raise ValueError(f"prune.schedule.initial_sparsity {self.schedule.initial_sparsity:g} is above the target "
+                             f"prune.sparsity {self.sparsity:g}; lower it")
+        if self.m_by_n is not None:
+            m, n = self.m_by_n
+            if not (1 <= m < n <= 64):
+                raise ValueError(f"prune.m_by_n {list(self.m_by_n)}: need 1 <= M < N <= 64, e.g. [2, 4]")
+        return self
 
 
 # --------------------------------------------------------------------------- quantize / export / evaluate
@@ -245,7 +327,7 @@ class Recipe(_Section):
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig, description="Post-training int8 quantization.")
     export: ExportConfig = Field(default_factory=ExportConfig, description="Float TFLite export.")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Evaluation of every model on the test split.")
-    prune: Optional[dict] = _reserved("prune", "magnitude pruning")
+    prune: Optional[PruneConfig] = Field(None, description="Magnitude or M:N pruning of the student after distillation (null = none).")
     qat: Optional[dict] = _reserved("qat", "quantization-aware training")
     bench: list[BenchTarget] = Field(default_factory=list, description="Devices to benchmark the built .tflite models on after evaluation (empty = no bench stage).")
 
@@ -287,7 +369,7 @@ class Recipe(_Section):
     def _no_bench(cls, v: Any) -> Any:
         return [] if v is None else v  # `bench: null` means no targets
 
-    @field_validator("prune", "qat")
+    @field_validator("qat")
     @classmethod
     def _not_yet(cls, v: Any, info) -> Any:
         if v is not None:

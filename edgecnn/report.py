@@ -58,12 +58,26 @@ def collect_models(ctx: "BuildContext") -> list[dict]:
                      "precision": artifact.precision, "runtime": artifact.runtime,
                      "size_bytes": path_size(artifact.path), "accuracy": result.get("accuracy"),
                      "input_dtype": result.get("input_dtype"), "output_dtype": result.get("output_dtype"),
-                     "source": artifact.source,
+                     "source": artifact.source, **_file_compression(artifact.path),
                      "evaluated_with": f"{evaluation.get('runtime')} {evaluation.get('runtime_version')}"
                      if evaluated else result.get("status", "not evaluated")})
         if not evaluated and result.get("reason"):
             rows[-1]["reason"] = result["reason"]  # e.g. an Edge TPU model: where to measure it instead
     return rows
+
+
+def _file_compression(path: Path) -> dict:
+    """What compression left in a model file: its gzip size and the zeros read back from its
+    weights (global, and over the tensors at least 30 % zero, i.e. the pruned ones)."""
+    import gzip
+
+    from edgecnn.tflite.reader import sparsity_summary, weight_sparsity
+
+    # mtime=0: the same file always gives the same gzip size.
+    gz = len(gzip.compress(path.read_bytes(), compresslevel=9, mtime=0))
+    summary = sparsity_summary(weight_sparsity(path), min_sparsity=0.3)
+    return {"gzip_bytes": gz, "weight_sparsity": summary["sparsity"],
+            "pruned_tensors": summary["pruned_tensors"], "pruned_tensors_sparsity": summary["pruned_sparsity"]}
 
 
 def compare_to_sources(models: list[dict]) -> list[dict]:
@@ -203,12 +217,14 @@ def render_markdown(report: dict) -> str:
              f"Recipe hash `{report['recipe_hash'][:12]}`, built {report['created_at']}: "
              f"{report['total_wall_s']:.1f} s this build, {report.get('total_compute_s', report['total_wall_s']):.1f} s to compute every stage.",
              "", "## Models", "",
-             "| model | file | precision | I/O | size | test accuracy | evaluated with |",
-             "|---|---|---|---|---|---|---|"]
+             "| model | file | precision | I/O | size | gzip | zero weights | test accuracy | evaluated with |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for m in report["models"]:
         io = f"{m.get('input_dtype')}/{m.get('output_dtype')}" if m.get("input_dtype") else "float32"
+        gz = _size_text(m["gzip_bytes"]) if m.get("gzip_bytes") else "-"
+        zeros = f"{m['weight_sparsity']:.1%}" if m.get("weight_sparsity") is not None else "-"
         lines.append(f"| {m['name']} | `{m['path']}` | {m['precision']} | {io} | {_size_text(m['size_bytes'])} | "
-                     f"{_pct(m['accuracy'])} | {m['evaluated_with']} |")
+                     f"{gz} | {zeros} | {_pct(m['accuracy'])} | {m['evaluated_with']} |")
     notes = [m for m in report["models"] if m.get("reason")]
     if notes:
         lines.append("")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from edgecnn._tf import tensorflow
 from edgecnn.compress.engine import fit, steps_for
-from edgecnn.compress.losses import SoftKD, mean_loss
+from edgecnn.compress.losses import SoftKD, distillation_loss, mean_loss
 from edgecnn.compress.train import resume_note
 from edgecnn.progress import Progress, keras_progress_callback
 
@@ -54,7 +54,8 @@ def precompute_teacher_logits(teacher, ds):
 
 
 def distill_student(student, teacher, train_ds, val_ds, n_train: int, cfg, progress: Progress, *,
-                    callbacks=(), checkpoint_dir=None, checkpoint_key: str = "", strategy=None) -> dict:
+                    callbacks=(), checkpoint_dir=None, checkpoint_key: str = "", strategy=None,
+                    label: str = "student") -> dict:
     """Train ``student`` on ``teacher``'s soft targets; the student is updated in place.
 
     Args:
@@ -73,6 +74,7 @@ def distill_student(student, teacher, train_ds, val_ds, n_train: int, cfg, progr
         checkpoint_dir: per-epoch checkpoints; a run killed part-way resumes from here.
         checkpoint_key: more content for the checkpoint key (e.g. the stage's cache key).
         strategy: a ``tf.distribute.Strategy`` (None: the current one).
+        label: what the progress lines call the model (``student``, ``prune``).
 
     Returns:
         The Keras history dict.
@@ -82,13 +84,13 @@ def distill_student(student, teacher, train_ds, val_ds, n_train: int, cfg, progr
     sample = next(iter(train_ds))[0][:8]
     logits_of = teacher_logits_fn(teacher, sample)
     steps = steps_for(n_train, cfg.train.batch_size)
-    loss = SoftKD(cfg.temperature, cfg.alpha, cfg.train.label_smoothing)
+    loss = distillation_loss(cfg)  # the recipe's distill.loss, from the registry
     result = fit(
         student, train_ds, val_ds, loss=loss, cfg=cfg.train, steps_per_epoch=steps,
         teacher_logits=lambda x: tf.stop_gradient(logits_of(x)),
-        callbacks=[*callbacks, keras_progress_callback(progress, "student", cfg.train.epochs, steps)],
+        callbacks=[*callbacks, keras_progress_callback(progress, label, cfg.train.epochs, steps)],
         checkpoint_dir=checkpoint_dir,
         checkpoint_key_extra=f"distill:{cfg.teacher_outputs}:{checkpoint_key}", strategy=strategy,
-        on_resume=resume_note(progress, "student", cfg.train.epochs),
+        on_resume=resume_note(progress, label, cfg.train.epochs),
     )
     return result.history

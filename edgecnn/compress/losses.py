@@ -159,6 +159,12 @@ LOSSES.register(CrossEntropy)
 LOSSES.register(SoftKD)
 
 
+def distillation_loss(cfg):
+    """The recipe's distillation loss (``distill.loss``, a DistillConfig) from the registry."""
+    return create_loss(cfg.loss, temperature=cfg.temperature, alpha=cfg.alpha,
+                       label_smoothing=cfg.train.label_smoothing)
+
+
 def mean_loss(loss, labels, logits, teacher_logits=None):
     """Batch mean of ``loss`` (a scalar tensor), for callers outside the engine."""
     return tensorflow().reduce_mean(loss.per_example(labels, logits, teacher_logits))

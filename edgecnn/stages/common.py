@@ -126,6 +126,31 @@ def load_teacher(recipe: "Recipe", ctx: "BuildContext"):
                       trust_code=cfg.trust_code, origin=cfg.path)
 
 
+def fine_tune(recipe: "Recipe", ctx: "BuildContext", model, train_cfg, label: str, callbacks=()) -> dict:
+    """Train ``model`` in place for a compression stage (prune, QAT, channels); returns the history.
+
+    Distilled from the build's teacher with the recipe's ``distill.loss`` (through the loss
+    registry) when there is one, else on hard labels; resumable per epoch like every stage.
+    """
+    from edgecnn.compress.distill import distill_student, precompute_teacher_logits
+    from edgecnn.compress.train import train_classifier
+
+    ds = ctx.dataset
+    resume = {"checkpoint_dir": ctx.checkpoint_dir, "checkpoint_key": ctx.stage_key}
+    if recipe.distill.enabled and "model.keras.teacher" in ctx.artifacts:
+        teacher = load_teacher(recipe, ctx)
+        soft = None
+        if recipe.distill.teacher_outputs == "cached":
+            soft = precompute_teacher_logits(teacher, eval_dataset(ctx, ds.x_train, ds.y_train))
+        train, val = train_val_datasets(ctx, train_cfg.batch_size, soft)
+        cfg = recipe.distill.model_copy(update={"train": train_cfg})
+        return distill_student(model, teacher, train, val, len(ds.x_train), cfg, ctx.progress, label=label,
+                               callbacks=callbacks, **resume)
+    train, val = train_val_datasets(ctx, train_cfg.batch_size)
+    return train_classifier(model, train, val, len(ds.x_train), train_cfg, ctx.progress, label,
+                            callbacks=callbacks, **resume)
+
+
 # The recipe parts add_metadata writes into a .tflite besides the dataset's labels and
 # normalization (an upstream artifact): every stage that calls it lists them in its cache
 # key, so a renamed recipe never restores a file carrying the other name from the cache.

@@ -900,3 +900,108 @@ def _jsonable(value):
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     return value
+
+
+# ------------------------------------------------------------ weight sparsity read-back
+
+# numpy dtypes of weight tensors whose zeros can be counted from the stored bytes. An
+# int8/uint8 kernel is stored as integers: with TFLite's symmetric weight quantization
+# (zero point 0) a stored 0 is a weight of exactly 0.
+_WEIGHT_DTYPES = {"FLOAT32": "<f4", "FLOAT16": "<f2", "INT8": "i1", "UINT8": "u1", "INT16": "<i2"}
+
+
+@dataclass(frozen=True)
+class WeightSparsity:
+    """Zeros in one operator's constant weight tensor, read from the file's bytes.
+
+    Attributes:
+        tensor: the weight tensor's name.
+        op: the operator using it (``CONV_2D``, ``FULLY_CONNECTED`` ...).
+        dtype: its stored type.
+        shape: its shape (``[out, h, w, in]`` for CONV_2D, ``[out, in]`` for FULLY_CONNECTED).
+        elements: number of weights.
+        zeros: weights stored as exactly zero.
+        min_zeros_per_block: with ``m_by_n=(M, N)``: the fewest zeros in any block of N
+            consecutive weights along the last (input-channel) axis; None when N does not
+            divide that axis or no pattern was asked for.
+    """
+
+    tensor: str
+    op: str
+    dtype: str
+    shape: tuple[int, ...]
+    elements: int
+    zeros: int
+    min_zeros_per_block: int | None = None
+
+    @property
+    def sparsity(self) -> float:
+        return self.zeros / self.elements if self.elements else 0.0
+
+
+def weight_sparsity(path: str | os.PathLike, block: int | None = None) -> list[WeightSparsity]:
+    """Per weight tensor (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED ... input 1), the zeros
+    stored in the file: what pruning really left in the model, not what training claimed.
+
+    Args:
+        path: the ``.tflite`` file (untrusted; bounds-checked like :func:`inspect_tflite`).
+        block: N of an M:N pattern to check (``min_zeros_per_block``), or None.
+
+    Raises:
+        ModelFileError: the file is not a well-formed TFLite model.
+    """
+    import numpy as np
+
+    label = os.fspath(path)
+    inspect_tflite(path)  # one clear line for anything that is not a well-formed model
+    with open(path, "rb") as fh:
+        data = fh.read()
+    buf = FlatBuffer(data, TFLITE_SCHEMA)
+    model = buf.root("Model")
+    try:
+        opcodes = [max(oc.scalar("deprecated_builtin_code", INT8, 0), oc.scalar("builtin_code", INT32, 0))
+                   for oc in model.tables("operator_codes", "OperatorCode")]
+        buffers = [_buffer_extent(b)[:2] for b in model.tables("buffers", "Buffer")]
+        rows, seen = [], set()
+        for g in model.tables("subgraphs", "SubGraph"):
+            tensors = list(g.tables("tensors", "Tensor"))
+            for op in g.tables("operators", "Operator"):
+                index = op.scalar("opcode_index", UINT32, 0)
+                if index >= len(opcodes):
+                    raise MalformedFlatbuffer(f"{op.what} uses operator code {index} but the model has {len(opcodes)}")
+                code = opcodes[index]
+                if code not in _WEIGHT_OP_CODES:
+                    continue
+                w = op.element("inputs", INT32, 1)
+                if w is None or w < 0 or w in seen:
+                    continue
+                t = tensors[_check_index(w, len(tensors), f"{op.what}.inputs")]
+                dtype = _type_name(t.scalar("type", INT8, 0))
+                bidx = t.scalar("buffer", UINT32, 0)
+                if dtype not in _WEIGHT_DTYPES or not 0 < bidx < len(buffers) or not buffers[bidx][1]:
+                    continue  # a weight computed at run time (e.g. DEQUANTIZE of int4), or a type we do not read
+                seen.add(w)
+                start, length = buffers[bidx]
+                values = np.frombuffer(bytes(data[start:start + length]), dtype=_WEIGHT_DTYPES[dtype])
+                shape = tuple(int(d) for d in t.numbers("shape", "i", _MAX_RANK))
+                zeros = int(np.count_nonzero(values == 0))
+                per_block = None
+                if block and shape and shape[-1] % block == 0 and values.size % block == 0:
+                    per_block = int((values.reshape(-1, block) == 0).sum(axis=1).min())
+                rows.append(WeightSparsity(t.string("name"), _WEIGHT_OP_CODES[code], dtype, shape, int(values.size),
+                                           zeros, per_block))
+        return rows
+    except (MalformedFlatbuffer, struct.error, IndexError, OverflowError, ValueError) as exc:
+        raise ModelFileError(f"{label}: malformed weights ({exc}); {_FIX_CORRUPT}") from None
+
+
+def sparsity_summary(rows: list[WeightSparsity], min_sparsity: float = 0.0) -> dict:
+    """Global sparsity of all weight tensors, and of those at least ``min_sparsity`` sparse
+    (the pruned ones), for reports."""
+    pruned = [r for r in rows if r.sparsity >= min_sparsity and min_sparsity > 0]
+    total = sum(r.elements for r in rows)
+    return {"weights": total, "zeros": sum(r.zeros for r in rows),
+            "sparsity": round(sum(r.zeros for r in rows) / total, 5) if total else 0.0,
+            "pruned_tensors": len(pruned),
+            "pruned_sparsity": round(sum(r.zeros for r in pruned) / max(1, sum(r.elements for r in pruned)), 5)
+            if pruned else None}
