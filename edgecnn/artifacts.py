@@ -49,13 +49,16 @@ from fnmatch import fnmatchcase
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator
 
-__all__ = ["ARTIFACT_KINDS", "MODEL_FILE_KINDS", "Artifact", "ArtifactStore", "role_matches"]
+__all__ = ["ARTIFACT_KINDS", "MODEL_FILE_KINDS", "QUANTIZATION_AWARE_ROLES", "Artifact", "ArtifactStore", "role_matches"]
 
 # What a file is, i.e. how a stage can read it.
 ARTIFACT_KINDS = ("keras", "tflite", "edgetpu", "json", "npz", "dir")
 # Kinds that are TFLite flatbuffers (an Edge TPU model is one with a custom op).
 MODEL_FILE_KINDS = ("tflite", "edgetpu")
 PRECISIONS = ("float32", "float16", "int8")
+# Keras models that simulate int8 (quantization-aware): they become int8 files only, and
+# their float reference is the model they were made from (their artifact's ``source``).
+QUANTIZATION_AWARE_ROLES = ("model.keras.qat",)
 
 
 def role_matches(role: str, patterns: str | Iterable[str]) -> bool:

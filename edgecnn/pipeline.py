@@ -150,6 +150,13 @@ STAGES: tuple[Stage, ...] = (
                     + f" magnitude pruning of the student, {r.prune.schedule.kind} schedule, "
                     + f"{r.prune.train.epochs} fine-tune epochs" + (" distilled" if r.distill.enabled else ""),
           trains=lambda r: r.prune.train),
+    Stage("qat", ("qat", "distill", "seed"), ("dataset", "model.keras.teacher", "model.keras.student",
+                                                "model.keras.pruned"),
+          ("model.keras.qat",), _stages.run_qat, lambda r: r.qat is not None,
+          lambda r: ("sparsity-preserving " if r.prune is not None and r.qat.preserve_sparsity is not False else "")
+                    + f"quantization-aware training, {r.qat.train.epochs} epochs"
+                    + (" distilled" if r.distill.enabled else ""),
+          trains=lambda r: r.qat.train),
     Stage("export", ("export", *METADATA_SECTIONS), ("dataset", "model.keras.*"), ("model.tflite.float32", "model.tflite.float16", "model.tflite.float32.*", "model.tflite.float16.*"),
           _stages.run_export, lambda r: bool(float_formats(r.export.formats)),
           lambda r: "TFLite " + ", ".join(f.name for f in float_formats(r.export.formats)) + " of the latest Keras model"),

@@ -252,6 +252,20 @@ class PruneConfig(_Section):
         return self
 
 
+class QatConfig(_Section):
+    """Quantization-aware training (tfmot) of the distilled, possibly pruned, student.
+
+    Fine-tuned with the recipe's distillation loss when there is a teacher. After
+    ``prune``, sparsity-preserving QAT keeps the pruned zeros (tfmot's prune-preserve
+    scheme, Conv2D and Dense); the zeros are read back from the final file.
+    """
+
+    keep_float: list[str] = Field(default_factory=list, description="Layer names left float (not quantization-aware), e.g. a layer tfmot cannot quantize.")
+    preserve_sparsity: Optional[bool] = Field(None, description="Keep pruned zeros at zero during QAT; null = on when the model comes from `prune`.")
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=2, learning_rate=1e-4),
+                               description="Quantization-aware fine-tuning.")
+
+
 # --------------------------------------------------------------------------- quantize / export / evaluate
 
 
@@ -311,9 +325,6 @@ class BenchTarget(_Section):
         return v
 
 
-def _reserved(section: str, issue_hint: str) -> Any:
-    return Field(None, description=f"Reserved for {issue_hint}; must be absent or null in this release.")
-
 
 class Recipe(_Section):
     """A whole edgecnn build."""
@@ -328,7 +339,7 @@ class Recipe(_Section):
     export: ExportConfig = Field(default_factory=ExportConfig, description="Float TFLite export.")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Evaluation of every model on the test split.")
     prune: Optional[PruneConfig] = Field(None, description="Magnitude or M:N pruning of the student after distillation (null = none).")
-    qat: Optional[dict] = _reserved("qat", "quantization-aware training")
+    qat: Optional[QatConfig] = Field(None, description="Quantization-aware training after distillation (and pruning); null = none.")
     bench: list[BenchTarget] = Field(default_factory=list, description="Devices to benchmark the built .tflite models on after evaluation (empty = no bench stage).")
 
     # Provenance, filled in by load_recipe (empty for a recipe built from data): dotted
@@ -368,13 +379,6 @@ class Recipe(_Section):
     @classmethod
     def _no_bench(cls, v: Any) -> Any:
         return [] if v is None else v  # `bench: null` means no targets
-
-    @field_validator("qat")
-    @classmethod
-    def _not_yet(cls, v: Any, info) -> Any:
-        if v is not None:
-            raise ValueError(f"section '{info.field_name}' is reserved for a later release; remove it or set it to null")
-        return v
 
     def section_hash(self, *sections: str) -> str:
         """sha256 of the named sections' resolved values (the cache key material)."""

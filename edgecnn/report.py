@@ -9,7 +9,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgecnn.artifacts import MODEL_FILE_KINDS
+from edgecnn.artifacts import MODEL_FILE_KINDS, QUANTIZATION_AWARE_ROLES
 from edgecnn.fileio import path_size, sha256_file, write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:
@@ -46,6 +46,7 @@ def collect_models(ctx: "BuildContext") -> list[dict]:
     for artifact in ctx.artifacts.all(kind="keras"):
         metrics = ctx.metrics_of(artifact)
         rows.append({"name": artifact.name, "role": artifact.role, "kind": "keras", "path": artifact.path.name,
+                     "source": artifact.source, "quantization_aware": artifact.role in QUANTIZATION_AWARE_ROLES,
                      "precision": artifact.precision or "float32", "size_bytes": path_size(artifact.path),
                      "accuracy": metrics.get("accuracy"), "params": metrics.get("params"),
                      "evaluated_with": "tf_keras"})
@@ -94,8 +95,13 @@ def compare_to_sources(models: list[dict]) -> list[dict]:
     for m in models:
         if m["kind"] == "keras" or m.get("accuracy") is None or m.get("source") is None:
             continue
-        f32 = float32_of.get(m["source"])
-        reference = f32 if f32 is not None and f32 is not m else by_role.get(m["source"])
+        source = m["source"]
+        # A quantization-aware Keras model simulates int8: its float reference is the model it
+        # was made from, so follow the graph up to the first float model.
+        while by_role.get(source, {}).get("quantization_aware") and by_role[source].get("source"):
+            source = by_role[source]["source"]
+        f32 = float32_of.get(source)
+        reference = f32 if f32 is not None and f32 is not m else by_role.get(source)
         if reference is None or reference.get("accuracy") is None:
             continue
         row = {"name": m["name"], "source": m["source"], "reference": reference["name"],

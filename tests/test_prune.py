@@ -163,6 +163,7 @@ def test_pruned_tiny_model_keeps_its_zeros_in_the_int8_file(tmp_path, m_by_n):
 def pruned_build(tmp_path_factory):
     work = tmp_path_factory.mktemp("prune")
     tail = ("prune: {m_by_n: [2, 4], begin: 0.0, end: 0.5, frequency: 1, train: {epochs: 1, batch_size: 25}}\n"
+            "qat: {train: {epochs: 1, batch_size: 25, learning_rate: 0.001}}\n"
             "export: {formats: [float32], bundle: true}\n")
     recipe = write_teacher_path_recipe(work, "pruned", seed=2, test_limit=100, tail=tail)
     proc = run_edgecnn("build", str(recipe), "--out", str(work / "run"), env={"EDGECNN_CACHE": str(work / "cache")})
@@ -170,7 +171,7 @@ def pruned_build(tmp_path_factory):
     return work / "run", proc
 
 
-def test_build_prunes_2_4_and_keeps_both_int8_models_side_by_side(pruned_build):
+def test_build_prunes_2_4_and_keeps_every_int8_model_side_by_side(pruned_build):
     run, proc = pruned_build
     assert "==> " in proc.stderr and "prune:" in proc.stderr
     record = json.loads((run / "stages" / "prune.json").read_text())
@@ -190,11 +191,18 @@ def test_build_prunes_2_4_and_keeps_both_int8_models_side_by_side(pruned_build):
     assert rows_by_name["tflite_int8_pruned"]["gzip_bytes"] < rows_by_name["tflite_int8"]["gzip_bytes"]
     variants = {v["name"]: v["reference"] for v in report["summary"]["variants"]}
     assert variants["tflite_int8_pruned"] == "tflite_float32_pruned"
+    # Sparsity-preserving QAT of the pruned model: int8 only, its float reference is its
+    # pre-QAT source, and the 2:4 zeros are still in the file.
+    assert not (run / "qat_float32.tflite").exists() and variants["tflite_int8_qat"] == "tflite_float32_pruned"
+    assert json.loads((run / "stages" / "qat.json").read_text())["metrics"]["preserve_sparsity"] is True
+    qat_rows = [r for r in weight_sparsity(run / "qat_int8.tflite", block=4) if r.sparsity >= 0.3]
+    assert len(qat_rows) == len(pruned) and all(r.min_zeros_per_block >= 2 for r in qat_rows), qat_rows[:3]
 
     bundle = json.loads((run / "bundle" / "bundle.json").read_text())
     goldens = {m["file"]: m["golden"] for m in bundle["models"]}
     assert goldens["student_int8.tflite"] == "golden_int8.npz"
     assert goldens["pruned_int8.tflite"] == "golden_pruned_int8.npz"
+    assert goldens["qat_int8.tflite"] == "golden_qat_int8.npz"
     verify = run_edgecnn("verify", str(run / "bundle"))
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
@@ -206,3 +214,93 @@ def test_inspect_prints_the_sparsity_read_back(pruned_build):
     assert "weight sparsity (read from the file)" in text.stdout and ">= 2 zeros in every 4" in text.stdout
     as_json = json.loads(run_edgecnn("inspect", str(run / "pruned_int8.tflite"), "--json").stdout)
     assert as_json["weight_sparsity"]["pruned_tensors"] >= 10
+
+
+# ----------------------------------------------------------------------------- quantization-aware training
+
+
+def _qat_fit(model, epochs=1):
+    from edgecnn.compress.engine import fit
+    from edgecnn.compress.losses import CrossEntropy
+
+    _, _, ds = _toy_data()
+    fit(model, ds, None, loss=CrossEntropy(), cfg=TrainConfig(epochs=epochs, batch_size=32, learning_rate=1e-3),
+        steps_per_epoch=8)
+
+
+def _run_int8(path, x):
+    from edgecnn.runtime.interpreter import make_interpreter
+    from edgecnn.runtime.runner import quantize_values
+
+    interpreter = make_interpreter(path)
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    outputs = []
+    for sample in x:
+        interpreter.set_tensor(inp["index"], quantize_values(sample[None], inp["dtype"], *inp["quantization"]))
+        interpreter.invoke()
+        q = interpreter.get_tensor(out["index"]).astype(np.float32)
+        scale, zero = out["quantization"]
+        outputs.append((q - zero) * scale)
+    return np.concatenate(outputs), out["quantization"][0]
+
+
+def test_qat_model_and_its_int8_file_agree_within_quantization_tolerance(tmp_path):
+    """The Keras QAT model simulates the int8 arithmetic: its softmax and the int8 file's agree
+    within a few output steps (1/256 each) and on top-1 for nearly every input."""
+    from edgecnn.compress.qat import quantize_aware
+    from edgecnn.export.tflite import convert_int8, inference_model
+
+    qat = quantize_aware(_tiny_model())
+    _qat_fit(qat, epochs=2)
+    x, _, _ = _toy_data(64)
+    path = convert_int8(inference_model(qat), x[:32], "int8", tmp_path / "qat_int8.tflite")
+    got, step = _run_int8(path, x)
+    want = inference_model(qat).predict(x, verbose=0)
+    steps = np.abs(got - want).max() / step
+    agreement = float((got.argmax(1) == want.argmax(1)).mean())
+    print(f"QAT vs int8: worst {steps:.1f} output steps, top-1 agreement {agreement:.3f}")
+    assert steps <= 6 and agreement >= 0.95, (steps, agreement)
+
+
+def test_pqat_keeps_the_zeros_into_the_file_and_round_trips_through_save_and_load(tmp_path):
+    from edgecnn.compress.prune import strip, update_step_callback, wrap_for_pruning
+    from edgecnn.compress.qat import quantize_aware
+    from edgecnn.export.tflite import convert_int8, inference_model
+    from edgecnn.models.loading import load_keras_model, save_keras_model
+
+    from edgecnn.compress.engine import fit
+    from edgecnn.compress.losses import CrossEntropy
+
+    x, _, ds = _toy_data()
+    wrapped = wrap_for_pruning(_tiny_model(), PruneConfig(sparsity=0.5, end=0.5, frequency=1), total_steps=8)
+    fit(wrapped, ds, None, loss=CrossEntropy(), cfg=TrainConfig(epochs=1, batch_size=32), steps_per_epoch=8,
+        callbacks=[update_step_callback()])
+    pqat = quantize_aware(strip(wrapped), preserve_sparsity=True)
+    _qat_fit(pqat, epochs=2)  # learning rate 1e-3: plain QAT would revive pruned weights here
+    saved = save_keras_model(pqat, tmp_path / "pqat.keras")
+    loaded = load_keras_model(saved)
+    np.testing.assert_array_equal(pqat.predict(x[:8], verbose=0), loaded.predict(x[:8], verbose=0))
+    _qat_fit(loaded, epochs=1)  # a loaded PQAT model trains on (resume), its quantizers intact
+    path = convert_int8(inference_model(loaded), x[:32], "int8", tmp_path / "pqat_int8.tflite")
+    rows = [r for r in weight_sparsity(path) if "expand" in r.tensor or "mix" in r.tensor]
+    assert len(rows) == 2 and all(r.sparsity >= 0.49 for r in rows), rows
+
+
+def test_a_layer_tfmot_cannot_quantize_is_one_line_and_keep_float_skips_it():
+    from edgecnn._tf import keras
+    from edgecnn.compress.qat import quantize_aware
+
+    k = keras()
+    inputs = k.layers.Input((12, 12, 1))
+    x = k.layers.Rescaling(1 / 255.0, name="scale")(inputs)
+    x = k.layers.Conv2D(4, 3, name="conv")(x)
+    model = k.Model(inputs, k.layers.Dense(3, name="logits")(k.layers.GlobalAveragePooling2D()(x)))
+    with pytest.raises(RecipeError) as exc_info:
+        quantize_aware(model)
+    assert_raised_error(exc_info, RecipeError, "'scale' (Rescaling)", "qat.keep_float: [scale]")
+    qat = quantize_aware(model, keep_float=("scale",))
+    assert type(qat.get_layer("scale")).__name__ == "Rescaling"  # left float, not wrapped
+    with pytest.raises(RecipeError) as exc_info:
+        quantize_aware(model, keep_float=("scal",))
+    assert_raised_error(exc_info, RecipeError, "qat.keep_float", "'scal'", "scale")

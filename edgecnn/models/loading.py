@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import json
 import zipfile
 from pathlib import Path
 from typing import Iterator
@@ -61,9 +62,62 @@ def save_keras_model(model, path: str | Path) -> Path:
         # the same weights always give the same bytes and the same artifact sha256.
         buffer = io.BytesIO()
         write_reproducible_npz(buffer, {f"arr_{i}": np.asarray(w) for i, w in enumerate(model.get_weights())})
+        preserved = _prune_preserved(model)
         with zipfile.ZipFile(path, "a") as zf:
             zf.writestr(reproducible_zip_info(QAT_WEIGHTS_ENTRY), buffer.getvalue())
+            if preserved:
+                zf.writestr(reproducible_zip_info(PRUNE_PRESERVE_ENTRY),
+                            json.dumps(preserved, sort_keys=True).encode())
     return path
+
+
+# Which weights of a sparsity-preserving QAT model keep their zeros: layer name -> indices
+# into its quantized weights. tfmot's quantize configs do not serialize their weight
+# quantizer, so without this a reloaded PQAT model would come back as plain QAT.
+PRUNE_PRESERVE_ENTRY = "edgecnn_prune_preserve.json"
+
+
+def _prune_preserve_classes():
+    from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.prune_preserve import (
+        prune_preserve_quantize_registry as registry,
+    )
+
+    return registry
+
+
+def _prune_preserved(model) -> dict[str, list[int]]:
+    registry = _prune_preserve_classes()
+    found: dict[str, list[int]] = {}
+    for layer in model.layers:
+        for i, (_, quantizer, _) in enumerate(getattr(layer, "_weight_vars", ())):
+            if isinstance(quantizer, registry.PrunePreserveDefaultWeightsQuantizer):
+                found.setdefault(layer.name, []).append(i)
+    return found
+
+
+def _restore_prune_preserve(model, preserved: dict) -> int:
+    """Put the prune-preserve weight quantizers back into a reloaded PQAT model, their masks
+    derived from the saved weights (1 where a weight is non-zero), as tfmot derives them
+    from the pruned weights when it builds the layer. Returns how many were restored."""
+    from edgecnn._tf import tensorflow
+
+    tf = tensorflow()
+    registry = _prune_preserve_classes()
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import default_8bit_quantizers
+
+    restored = 0
+    for layer in model.layers:
+        for i in preserved.get(layer.name, ()):
+            weight, quantizer, variables = layer._weight_vars[i]
+            replacement = registry.PrunePreserveDefault8BitConvWeightsQuantizer() \
+                if isinstance(quantizer, default_8bit_quantizers.Default8BitConvWeightsQuantizer) \
+                else registry.PrunePreserveDefault8BitWeightsQuantizer()
+            mask = tf.math.divide_no_nan(tf.identity(weight), tf.identity(weight))
+            layer._weight_vars[i] = (weight, replacement, {**variables, "sparsity_mask": mask})
+            if getattr(layer.quantize_config, "weight_quantizer", None) is quantizer:
+                layer.quantize_config.weight_quantizer = replacement
+            restored += 1
+    return restored
 
 
 def _load_with_weight_list(path: Path, safe_mode: bool = True):
@@ -166,6 +220,9 @@ def load_keras_model(path: str | Path, what: str = "teacher.path", *, trust_code
     except Exception as exc:  # Keras raises many unrelated types for a bad file
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise ModelFileError(f"{named}: not a Keras model ({first}); {what} must be a model saved with model.save()") from None
+    if isinstance(model, K.Model) and PRUNE_PRESERVE_ENTRY in entries:
+        with zipfile.ZipFile(path) as zf:
+            _restore_prune_preserve(model, json.loads(zf.read(PRUNE_PRESERVE_ENTRY)))
     if not isinstance(model, K.Model):
         # tf_keras hands back a bare trackable object for a SavedModel it did not write.
         raise ModelFileError(f"{named}: not a Keras model (a SavedModel without a Keras model in it); "

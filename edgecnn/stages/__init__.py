@@ -18,10 +18,11 @@ from edgecnn.stages.edgetpu import edgetpu_environment, run_edgetpu
 from edgecnn.stages.evaluate import NOT_EVALUABLE, run_evaluate
 from edgecnn.stages.export import run_export
 from edgecnn.stages.prune import run_prune
+from edgecnn.stages.qat import run_qat
 from edgecnn.stages.quantize import run_quantize
 from edgecnn.stages.student import run_student
 from edgecnn.stages.teacher import run_teacher
 
 __all__ = ["NOT_EVALUABLE", "StageResult", "edgetpu_environment", "keras_artifact", "load_model", "run_bench",
-           "run_bundle", "run_data", "run_edgetpu", "run_evaluate", "run_export", "run_prune", "run_quantize", "run_student",
+           "run_bundle", "run_data", "run_edgetpu", "run_evaluate", "run_export", "run_prune", "run_qat", "run_quantize", "run_student",
            "run_teacher", "save_keras"]

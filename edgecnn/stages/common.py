@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgecnn.artifacts import Artifact
+from edgecnn.artifacts import QUANTIZATION_AWARE_ROLES, Artifact
 from edgecnn.fileio import atomic_path
 
 if TYPE_CHECKING:
@@ -186,10 +186,12 @@ def format_artifact(fmt, path: Path, source: Artifact | None = None) -> Artifact
                     source=source.role if source is not None else None)
 
 
-def deployable_models(ctx: "BuildContext") -> list[Artifact]:
+def deployable_models(ctx: "BuildContext", quantization_aware: bool = True) -> list[Artifact]:
     """The Keras models that ship to a device, in chain order: the student and every model a
-    compression step made of it (pruned, QAT ...); never the teacher."""
-    return [a for a in ctx.artifacts.all(kind="keras") if a.role != "model.keras.teacher"]
+    compression step made of it (pruned, QAT ...); never the teacher. ``quantization_aware``
+    False leaves out QAT models (the float formats have no use for them)."""
+    return [a for a in ctx.artifacts.all(kind="keras") if a.role != "model.keras.teacher"
+            and (quantization_aware or a.role not in QUANTIZATION_AWARE_ROLES)]
 
 
 def model_to_convert(ctx: "BuildContext", source: Artifact | None = None):

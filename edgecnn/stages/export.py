@@ -13,14 +13,14 @@ if TYPE_CHECKING:
 
 
 def run_export(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
-    """Convert every deployable Keras model to each float TFLite format in ``export.formats``, with TFLite metadata."""
+    """Convert every deployable float Keras model (QAT models become int8 only) to each float TFLite format in ``export.formats``, with TFLite metadata."""
     from edgecnn.export.formats import float_formats
     from edgecnn.export.tflite import convert_float
 
     produced = []
-    for source in deployable_models(ctx):
+    for source in deployable_models(ctx, quantization_aware=False):
         model, _ = model_to_convert(ctx, source)
         for fmt in float_formats(recipe.export.formats):  # (edgetpu is the edgetpu stage's)
             path = add_metadata(convert_float(model, fmt, ctx.path(fmt.filename_for(source.name))), recipe, ctx)
             produced.append(format_artifact(fmt, path, source))
-    return StageResult(produced, {"sources": [a.role for a in deployable_models(ctx)]})
+    return StageResult(produced, {"sources": [a.role for a in deployable_models(ctx, quantization_aware=False)]})
