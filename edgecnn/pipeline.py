@@ -159,11 +159,13 @@ STAGES: tuple[Stage, ...] = (
           trains=lambda r: r.qat.train),
     Stage("export", ("export", *METADATA_SECTIONS), ("dataset", "model.keras.*"), ("model.tflite.float32", "model.tflite.float16", "model.tflite.float32.*", "model.tflite.float16.*"),
           _stages.run_export, lambda r: bool(float_formats(r.export.formats)),
-          lambda r: "TFLite " + ", ".join(f.name for f in float_formats(r.export.formats)) + " of the latest Keras model"),
+          lambda r: "TFLite " + ", ".join(f.name for f in float_formats(r.export.formats))
+                    + " of every float Keras model (student" + (", pruned" if r.prune else "") + ")"),
     Stage("quantize", ("quantize", "seed", *METADATA_SECTIONS), ("dataset", "model.keras.*"), ("model.tflite.int8", "model.tflite.int8.*"),
           _stages.run_quantize,
           lambda r: r.quantize.int8,
-          lambda r: f"post-training int8, {r.quantize.io_dtype} I/O, "
+          lambda r: "int8 of every deployable model (student" + (", pruned" if r.prune else "")
+                    + (", qat" if r.qat else "") + f"), {r.quantize.io_dtype} I/O, "
                     f"{r.quantize.calibration_samples or r.data.representative_samples} calibration images"),
     # No recipe section: the output depends only on the int8 model and the compiler.
     Stage("edgetpu", (), ("model.tflite.int8",), (EDGETPU_FORMAT.role,), _stages.run_edgetpu,
