@@ -207,7 +207,9 @@ class PruneConfig(_Section):
     small share of a MobileNet). ``include``/``exclude`` change that by layer-name globs.
     """
 
-    method: Literal["magnitude"] = Field("magnitude", description="magnitude: zero the smallest weights (a smaller gzip; latency only on XNNPACK's sparse float path).")
+    method: Literal["magnitude", "channels"] = Field("magnitude", description="magnitude: zero the smallest weights (a smaller gzip; latency only on XNNPACK's sparse float path). channels: remove whole channels of every 1x1 convolution whose width is free (MobileNetV2 expansions and head) for a smaller, faster dense model.")
+    ratio: Optional[float] = Field(None, gt=0.0, lt=1.0, description="method channels: fraction of each prunable layer's channels to remove (kept count rounded to a multiple of 8).")
+    criterion: Literal["l1", "bn_gamma"] = Field("l1", description="method channels: rank channels by the L1 norm of their kernel or by |gamma| of the BatchNorm after it.")
     sparsity: float = Field(0.5, ge=0.0, lt=1.0, description="Target fraction of zero weights in each pruned kernel.")
     schedule: Union[ConstantSparsity, PolynomialDecaySparsity] = Field(
         default_factory=PolynomialDecaySparsity, discriminator="kind",
@@ -239,6 +241,14 @@ class PruneConfig(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> "PruneConfig":
+        if self.method == "channels":
+            if self.ratio is None:
+                raise ValueError("prune.method channels needs prune.ratio, the fraction of channels to remove "
+                                 "(e.g. 0.5)")
+            if self.m_by_n is not None:
+                raise ValueError("prune.m_by_n is for method magnitude; channel pruning removes whole channels")
+        elif self.ratio is not None:
+            raise ValueError("prune.ratio is for method channels; magnitude pruning takes prune.sparsity")
         if self.end <= self.begin:
             raise ValueError(f"prune: the schedule ends (end {self.end:g}) before it begins (begin {self.begin:g}); "
                              "set end > begin (fractions of the fine-tune)")

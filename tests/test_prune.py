@@ -304,3 +304,76 @@ def test_a_layer_tfmot_cannot_quantize_is_one_line_and_keep_float_skips_it():
     with pytest.raises(RecipeError) as exc_info:
         quantize_aware(model, keep_float=("scal",))
     assert_raised_error(exc_info, RecipeError, "qat.keep_float", "'scal'", "scale")
+
+
+# ----------------------------------------------------------------------------- channel pruning
+
+
+def _student():
+    from edgecnn.models import create_student
+    from edgecnn.recipe import StudentConfig
+
+    return create_student("mobilenet_v2", (32, 32, 3), 10, StudentConfig(alpha=0.35))
+
+
+def test_channel_groups_are_the_expansions_the_last_projection_and_the_head():
+    """Free-width 1x1 layers: every expansion, the head, and the last block's projection (no
+    residual Add reads it); the other projections feed residual Adds and stay whole."""
+    from edgecnn.compress.channels import find_channel_groups
+
+    groups = {g.producer: g for g in find_channel_groups(_student())}
+    assert set(groups) == {f"block_{i}_expand" for i in range(1, 17)} | {"block_16_project", "Conv_1"}
+    assert groups["block_1_expand"].consumer == "block_1_project"
+    assert "block_1_depthwise" in groups["block_1_expand"].path
+    assert groups["Conv_1"].consumer == "logits" and groups["Conv_1"].channels == 1280
+
+
+def test_slim_model_reproduces_the_original_when_the_removed_channels_were_zero():
+    """Zero what the removed channels feed into; then removing them changes no output."""
+    from edgecnn.compress.channels import channel_scores, find_channel_groups, kept_count, prune_channels
+
+    model = _student()
+    groups = find_channel_groups(model)
+    for group in groups:
+        keep = np.argsort(-channel_scores(model, group), kind="stable")[:kept_count(group.channels, 0.5)]
+        removed = np.setdiff1d(np.arange(group.channels), keep)
+        consumer = model.get_layer(group.consumer)
+        weights = consumer.get_weights()
+        if weights[0].ndim == 4:
+            weights[0][:, :, removed, :] = 0
+        else:
+            weights[0][removed, :] = 0
+        consumer.set_weights(weights)
+    slim, widths = prune_channels(model, 0.5)
+    assert slim.count_params() < 0.5 * model.count_params()
+    assert widths["Conv_1"] == (1280, 640) and widths["block_1_expand"] == (48, 24)
+    assert slim.output_shape == model.output_shape == (None, 10)
+    x = np.random.default_rng(0).uniform(-1, 1, (8, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(slim.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+
+
+@pytest.mark.parametrize("prune,needle", [
+    ({"method": "channels"}, "needs prune.ratio"),
+    ({"method": "channels", "ratio": 1.0}, "less than 1"),
+    ({"method": "channels", "ratio": 0.0}, "greater than 0"),
+    ({"method": "channels", "ratio": 0.5, "m_by_n": [2, 4]}, "m_by_n is for method magnitude"),
+    ({"ratio": 0.5}, "prune.ratio is for method channels"),
+])
+def test_bad_channel_sections_are_refused(prune, needle):
+    with pytest.raises(ValidationError) as exc_info:
+        Recipe(name="x", prune=prune)
+    assert needle in str(exc_info.value)
+
+
+def test_build_with_channel_pruning_writes_a_smaller_faster_model(tmp_path):
+    from edgecnn.pipeline import build
+    from edgecnn.progress import Progress
+
+    tail = "prune: {method: channels, ratio: 0.5, train: {epochs: 1, batch_size: 50}}\nexport: {formats: []}\n"
+    recipe = write_teacher_path_recipe(tmp_path, "channels", seed=4, test_limit=50, tail=tail)
+    result = build(recipe, out_dir=tmp_path / "run", progress=Progress(quiet=True))
+    metrics = json.loads((tmp_path / "run" / "stages" / "prune.json").read_text())["metrics"]
+    assert metrics["method"] == "channels" and metrics["params"] < 0.5 * metrics["params_before"]
+    rows = {m["name"]: m for m in result.report["models"]}
+    assert rows["tflite_int8_pruned"]["size_bytes"] < 0.6 * rows["tflite_int8"]["size_bytes"]
+    assert rows["tflite_int8_pruned"]["accuracy"] is not None

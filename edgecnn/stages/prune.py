@@ -33,6 +33,8 @@ def run_prune(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
     ds = ctx.dataset
     source = ctx.artifacts.one("model.keras.student")
     student = load_model(source.path)
+    if cfg.method == "channels":
+        return _prune_channels(recipe, ctx, student, source)
     choice = choose_layers(student, cfg)
     total = steps_for(len(ds.x_train), cfg.train.batch_size) * cfg.train.epochs
     pattern = f"{cfg.m_by_n[0]}:{cfg.m_by_n[1]}" if cfg.m_by_n else f"{cfg.sparsity:.0%}"
@@ -65,3 +67,34 @@ def run_prune(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
     ctx.progress.line(f"    sparsity of the pruned layers {metrics['sparsity_pruned_layers']:.1%}, "
                       f"{metrics['nonzero_params']:,} of {metrics['params']:,} parameters non-zero")
     return StageResult([keras_artifact("model.keras.pruned", save_keras(pruned, ctx.path(PRUNED_FILE)))], metrics)
+
+
+def _prune_channels(recipe: "Recipe", ctx: "BuildContext", student, source) -> StageResult:
+    """Remove ``prune.ratio`` of the channels of every free-width 1x1 convolution, then fine-tune."""
+    from edgecnn.compress.channels import prune_channels
+    from edgecnn.compress.train import evaluate_classifier
+    from edgecnn.stages.common import fine_tune
+
+    cfg = recipe.prune
+    ds = ctx.dataset
+    slim, widths = prune_channels(student, cfg.ratio, cfg.criterion)
+    before, after = sum(w[0] for w in widths.values()), sum(w[1] for w in widths.values())
+    ctx.progress.line(f"    removing channels of {len(widths)} layers ({cfg.criterion} ranking): {before} -> {after}; "
+                      f"parameters {student.count_params():,} -> {slim.count_params():,}")
+    seed_everything(recipe.seed)
+    history = fine_tune(recipe, ctx, slim, cfg.train, "prune")
+    recalibrate(ctx, slim)
+    metrics = {
+        "source": source.role,
+        "method": "channels",
+        "ratio": cfg.ratio,
+        "criterion": cfg.criterion,
+        "params_before": int(student.count_params()),
+        "params": int(slim.count_params()),
+        "channels": {name: list(w) for name, w in widths.items()},
+        "train_accuracy": final_metric(history, "accuracy"),
+        "val_accuracy": final_metric(history, "val_accuracy"),
+        "val_accuracy_per_epoch": rounded(history.get("val_accuracy")),
+        "accuracy": round(evaluate_classifier(slim, eval_dataset(ctx, ds.x_test, ds.y_test)), 5),
+    }
+    return StageResult([keras_artifact("model.keras.pruned", save_keras(slim, ctx.path(PRUNED_FILE)))], metrics)
