@@ -36,10 +36,21 @@ from edgecnn.errors import DataError
 from edgecnn.recipe import Augment, DataConfig, Normalization
 
 REPO = Path(__file__).resolve().parents[1]
-SYSTEM_FMNIST = Path("/usr/share/datasets/fashion-mnist")
+
+def _installed_fashion_mnist() -> Path:
+    """Where the README's set-up put the real files: the Debian package's folder, or the
+    download into the Keras cache (the route without apt)."""
+    for folder in (fashion_mnist.SYSTEM_DIR, fashion_mnist.keras_cache_dir()):
+        if fashion_mnist.find_files(folder) is not None:
+            return folder
+    return fashion_mnist.SYSTEM_DIR
+
+
+SYSTEM_FMNIST = _installed_fashion_mnist()  # (the name predates the download route)
 needs_fmnist = pytest.mark.skipif(
     fashion_mnist.find_files(SYSTEM_FMNIST) is None,
-    reason="Fashion-MNIST not installed (sudo apt-get install dataset-fashion-mnist)",
+    reason="Fashion-MNIST not installed (bash tools/dev.sh setup: apt-get install dataset-fashion-mnist, "
+           "or edgecnn data download fashion_mnist)",
 )
 
 

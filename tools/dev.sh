@@ -9,8 +9,9 @@
 # System packages: where something is missing it says, before installing, which Debian
 # packages it will install with apt-get (as root, or with sudo that needs no password)
 # and why: python3.11-venv (to create .venv), dataset-fashion-mnist (the data set),
-# and for `test` openssh-server, openssh-client and adb (the SSH and adb transport
-# tests use the real programs). EDGECNN_NO_SYSTEM_PACKAGES=1 installs none: the data
+# and for `test` openssh-server, openssh-client, adb (the SSH and adb transport tests
+# use the real programs) and gcc (the delegate tests build a stand-in delegate library).
+# With CI set (as .ci/run does) a test that skips for want of any of these fails. EDGECNN_NO_SYSTEM_PACKAGES=1 installs none: the data
 # set is then downloaded into ~/.keras/datasets, and tests that need a missing program
 # skip with their reason.
 set -euo pipefail
@@ -87,8 +88,9 @@ setup_test_tools() {
   [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
   command -v ssh >/dev/null && command -v scp >/dev/null || missing+=(openssh-client)
   command -v adb >/dev/null || missing+=(adb)
+  command -v cc >/dev/null || missing+=(gcc)   # builds the stand-in Edge TPU delegate library the delegate tests load
   [ ${#missing[@]} -eq 0 ] && return 0
-  apt_install "for the SSH and adb transport tests (a real sshd on 127.0.0.1, the real adb)" "${missing[@]}" \
+  apt_install "for the SSH, adb and delegate tests (a real sshd on 127.0.0.1, the real adb, a C compiler)" "${missing[@]}" \
     || say "note: without ${missing[*]} the tests that need them skip, with the reason"
 }
 
