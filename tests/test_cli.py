@@ -89,9 +89,25 @@ def test_inspect_missing_file(tmp_path):
 
 
 def test_schema_is_json_schema():
+    """`edgecnn schema` exits 0 with a valid JSON Schema that every shipped recipe (resolved
+    through extends:) satisfies, and that refuses what the recipe model refuses."""
+    import jsonschema
+
+    from edgecnn.recipe import load_recipe
+
     proc = run("schema")
+    assert proc.returncode == 0, proc.stderr
     schema = json.loads(proc.stdout)
-    assert schema["title"] == "edgecnn recipe" and "distill" in schema["properties"]
+    assert schema["title"] == "edgecnn recipe" and {"distill", "prune", "qat"} <= set(schema["properties"])
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    shipped = sorted((REPO / "recipes").glob("*.yaml"))
+    assert len(shipped) >= 4
+    for path in shipped:
+        errors = list(validator.iter_errors(load_recipe(path).to_dict()))
+        assert not errors, (path.name, [e.message for e in errors[:3]])
+    bad = {**load_recipe(shipped[0]).to_dict(), "prune": {"schedule": {"kind": "cubic"}}}
+    assert list(validator.iter_errors(bad))
 
 
 def test_list_names_registered_models():
