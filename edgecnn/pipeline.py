@@ -69,7 +69,7 @@ from edgecnn.stages.common import METADATA_SECTIONS
 from edgecnn.stage import STAGE_DIR, BuildContext, Cluster, InputFiles, Stage, StageResult
 from edgecnn.errors import DataError, EdgecnnError, ModelFileError
 from edgecnn.export.edgetpu import COMPILER as EDGETPU_COMPILER
-from edgecnn.export.formats import EDGETPU_FORMAT, float_formats
+from edgecnn.export.formats import EDGETPU_FORMAT, FORMATS, float_formats
 from edgecnn.fileio import (claim_output_dir, clean_stale_temporaries, json_type_name, path_size, sha256_file,
                             write_json_atomic)
 from edgecnn.progress import Progress
@@ -160,7 +160,9 @@ STAGES: tuple[Stage, ...] = (
                     + f"quantization-aware training, {r.qat.train.epochs} epochs"
                     + (" distilled" if r.distill.enabled else ""),
           trains=lambda r: r.qat.train),
-    Stage("export", ("export", *METADATA_SECTIONS), ("dataset", "model.keras.*"), ("model.tflite.float32", "model.tflite.float16", "model.tflite.float32.*", "model.tflite.float16.*"),
+    # data + seed: int16x8 calibrates on data.representative_samples training images.
+    Stage("export", ("export", "data", "seed", *METADATA_SECTIONS), ("dataset", "model.keras.*"),
+          tuple(p for f in FORMATS if f.name != "int8" for p in (f.role, f"{f.role}.*")),
           _stages.run_export, lambda r: bool(float_formats(r.export.formats)),
           lambda r: "TFLite " + ", ".join(f.name for f in float_formats(r.export.formats))
                     + " of every float Keras model (student" + (", pruned" if r.prune else "") + ")"),

@@ -290,7 +290,7 @@ class QuantizeConfig(_Section):
 class ExportConfig(_Section):
     """TFLite export; see edgecnn.export.formats for the table of formats."""
 
-    formats: list[Literal["float32", "float16", "edgetpu"]] = Field(["float32"], description="TFLite flavours to write besides the int8 model: float32, float16, and edgetpu (the int8 model compiled by edgetpu_compiler; skipped with the reason when the compiler is absent).")
+    formats: list[Literal["float32", "float16", "dynamic", "int16x8", "edgetpu"]] = Field(["float32"], description="TFLite flavours to write besides the int8 model: float32, float16 (float16 weights), dynamic (int8 weights, float activations), int16x8 (int16 activations, int8 weights), and edgetpu (the int8 model compiled by edgetpu_compiler; skipped with the reason when the compiler is absent).")
     bundle: bool = Field(False, description="Also write a deploy bundle to <run dir>/bundle/: models, labels, golden samples, device runner (see `edgecnn bundle`).")
 
 

@@ -377,3 +377,49 @@ def test_build_with_channel_pruning_writes_a_smaller_faster_model(tmp_path):
     rows = {m["name"]: m for m in result.report["models"]}
     assert rows["tflite_int8_pruned"]["size_bytes"] < 0.6 * rows["tflite_int8"]["size_bytes"]
     assert rows["tflite_int8_pruned"]["accuracy"] is not None
+
+
+# ----------------------------------------------------------------------------- quantization modes
+
+
+@pytest.mark.parametrize("mode,weights,activation,io", [
+    ("float32", "FLOAT32", None, "FLOAT32"),
+    ("float16", "FLOAT16", None, "FLOAT32"),
+    ("dynamic", "INT8", None, "FLOAT32"),
+    ("int16x8", "INT8", "INT16", "FLOAT32"),
+    ("int8", "INT8", "INT8", "INT8"),
+])
+def test_each_quantization_format_has_the_tensor_types_of_its_mode(tmp_path, mode, weights, activation, io):
+    """One row of the format table per mode: its file holds the weight and activation types
+    the mode promises, and runs on ai-edge-litert."""
+    from edgecnn.export.formats import get_format
+    from edgecnn.export.tflite import convert
+    from edgecnn.runtime.interpreter import make_interpreter
+    from edgecnn.tflite.reader import inspect_tflite
+
+    from edgecnn._tf import keras
+
+    k = keras()
+    k.utils.set_random_seed(0)
+    inputs = k.layers.Input((12, 12, 1))
+    x = k.layers.Conv2D(32, 3, activation="relu")(inputs)
+    x = k.layers.Conv2D(64, 1)(x)  # 2048 weights: dynamic range quantizes kernels of >= 1024
+    model = k.Model(inputs, k.layers.Dense(3)(k.layers.GlobalAveragePooling2D()(x)))
+    x, _, _ = _toy_data(32)
+    fmt = get_format(mode)
+    path = convert(model, fmt, tmp_path / fmt.filename, x if fmt.needs_calibration else None, "int8")
+    summary = inspect_tflite(path)
+    types = {t.dtype: t for t in summary.tensor_types}
+    if weights == "FLOAT16":  # stored float16, dequantized to float32 before the convolution
+        assert types["FLOAT16"].constant_tensors >= 4 and not weight_sparsity(path)
+    else:
+        conv_weights = [r.dtype for r in weight_sparsity(path) if r.op == "CONV_2D" and r.elements >= 1024]
+        assert conv_weights == [weights], conv_weights
+    if activation is not None:
+        assert types[activation].tensors > types[activation].constant_tensors  # activations of that type
+    else:
+        assert "INT8" not in types or types["INT8"].tensors == types["INT8"].constant_tensors
+    assert summary.inputs[0].dtype == summary.outputs[0].dtype == io
+    interpreter = make_interpreter(path)
+    interpreter.allocate_tensors()
+    interpreter.invoke()

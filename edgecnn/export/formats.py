@@ -17,6 +17,10 @@ class ExportFormat:
         description: one line for people.
         kind: the artifact kind of the file (see :mod:`edgecnn.artifacts`).
         runtime: what can run it: ``litert`` (any host TFLite interpreter) or ``edgetpu``.
+        optimize: the converter's ``Optimize.DEFAULT`` (quantize what the row allows).
+        supported_types: ``target_spec.supported_types`` (``float16`` for float16 weights).
+        ops: ``target_spec.supported_ops`` (names of ``tf.lite.OpsSet``); empty = the default.
+        io: input/output type: ``float32``, or ``recipe`` (``quantize.io_dtype``).
     """
 
     name: str
@@ -26,6 +30,10 @@ class ExportFormat:
     description: str
     kind: str = "tflite"
     runtime: str = "litert"
+    optimize: bool = False
+    supported_types: tuple[str, ...] = ()
+    ops: tuple[str, ...] = ()
+    io: str = "float32"
 
     @property
     def role(self) -> str:
@@ -46,10 +54,19 @@ class ExportFormat:
 PRIMARY_SOURCE = "student"
 
 
+# The converter modes: adding one is one row here (and its name in the recipe's
+# export.formats Literal). The quantize stage writes int8; export writes the others.
 FORMATS: tuple[ExportFormat, ...] = (
     ExportFormat("float32", "student_float32.tflite", "float32", False, "float32 weights and activations"),
-    ExportFormat("float16", "student_float16.tflite", "float16", False, "float16 weights, float32 compute (GPU delegates)"),
-    ExportFormat("int8", "student_int8.tflite", "int8", True, "full-integer int8 weights and activations (CPU, Edge TPU, NPUs)"),
+    ExportFormat("float16", "student_float16.tflite", "float16", False, "float16 weights, float32 compute (GPU delegates)",
+                 optimize=True, supported_types=("float16",)),
+    ExportFormat("dynamic", "student_dynamic.tflite", "dynamic", False,
+                 "int8 weights, float activations quantized on the fly (dynamic range; CPU only)", optimize=True),
+    ExportFormat("int16x8", "student_int16x8.tflite", "int16x8", True,
+                 "int8 weights, int16 activations (more accurate than int8; slow reference kernels on most CPUs)",
+                 optimize=True, ops=("EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8",)),
+    ExportFormat("int8", "student_int8.tflite", "int8", True, "full-integer int8 weights and activations (CPU, Edge TPU, NPUs)",
+                 optimize=True, ops=("TFLITE_BUILTINS_INT8",), io="recipe"),
 )
 
 
@@ -71,6 +88,6 @@ def get_format(name: str) -> ExportFormat:
 
 def float_formats(names) -> list[ExportFormat]:
     """The rows among ``names`` (``export.formats``) that the export stage converts from
-    Keras, in the given order: the float ones (int8 is the quantize stage's, edgetpu the
+    Keras, in the given order: all but int8 (the quantize stage's) and edgetpu (the
     compiler's)."""
-    return [row for name in names for row in FORMATS if row.name == name and not row.needs_calibration]
+    return [row for name in names for row in FORMATS if row.name == name and row.name != "int8"]

@@ -55,14 +55,43 @@ def _batch_one_function(model):
     return serve.get_concrete_function()
 
 
-def convert_float(model, fmt: ExportFormat, path: str | Path) -> Path:
-    """Write a float32 or float16-weight TFLite file atomically."""
+def convert(model, fmt: ExportFormat, path: str | Path, representative: np.ndarray | None = None,
+            io_dtype: str = "float32") -> Path:
+    """Write ``model`` in the format of row ``fmt`` (the converter settings are the row's) atomically.
+
+    Args:
+        model: float (or quantization-aware) tf_keras model.
+        fmt: a row of :data:`edgecnn.export.formats.FORMATS`.
+        path: output file.
+        representative: float32 model-ready inputs for calibration (rows that need it).
+        io_dtype: the input/output type of rows whose ``io`` is ``recipe``.
+    """
     tf = tensorflow()
     converter = _converter(model)
-    if fmt.name == "float16":
+    if fmt.optimize:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.target_spec.supported_types = [tf.float16]
+    if fmt.supported_types:
+        converter.target_spec.supported_types = [getattr(tf, t) for t in fmt.supported_types]
+    if fmt.ops:
+        converter.target_spec.supported_ops = [getattr(tf.lite.OpsSet, o) for o in fmt.ops]
+    if fmt.needs_calibration:
+        if representative is None:
+            raise ValueError(f"format {fmt.name} needs calibration images")
+
+        def calibration_batches():
+            for i in range(len(representative)):
+                yield [representative[i : i + 1].astype(np.float32)]
+
+        converter.representative_dataset = calibration_batches
+    if fmt.io == "recipe" and io_dtype != "float32":
+        converter.inference_input_type = getattr(tf, io_dtype)
+        converter.inference_output_type = getattr(tf, io_dtype)
     return write_bytes_atomic(path, _convert(converter))
+
+
+def convert_float(model, fmt: ExportFormat, path: str | Path) -> Path:
+    """Write a format that needs no calibration (float32, float16, dynamic) atomically."""
+    return convert(model, fmt, path)
 
 
 def _convert(converter) -> bytes:
@@ -89,17 +118,6 @@ def convert_int8(model, representative: np.ndarray, io_dtype: str, path: str | P
         ValueError: when the model has an op with no int8 kernel (the converter refuses
             rather than silently keeping float ops, since ``TFLITE_BUILTINS_INT8`` only).
     """
-    tf = tensorflow()
-    converter = _converter(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    from edgecnn.export.formats import get_format
 
-    def calibration_batches():
-        for i in range(len(representative)):
-            yield [representative[i : i + 1].astype(np.float32)]
-
-    converter.representative_dataset = calibration_batches
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    if io_dtype != "float32":
-        converter.inference_input_type = getattr(tf, io_dtype)
-        converter.inference_output_type = getattr(tf, io_dtype)
-    return write_bytes_atomic(path, _convert(converter))
+    return convert(model, get_format("int8"), path, representative, io_dtype)

@@ -194,6 +194,16 @@ def deployable_models(ctx: "BuildContext", quantization_aware: bool = True) -> l
             and (quantization_aware or a.role not in QUANTIZATION_AWARE_ROLES)]
 
 
+def calibration_images(recipe: "Recipe", ctx: "BuildContext", samples: int | None = None):
+    """Un-augmented, normalized training images for quantization calibration: ``samples``,
+    else ``quantize.calibration_samples``, else ``data.representative_samples``."""
+    from edgecnn.data import representative_images
+
+    ds = ctx.dataset
+    n = samples or recipe.quantize.calibration_samples or recipe.data.representative_samples
+    return ds.normalization.apply(representative_images(ds, n, recipe.seed))
+
+
 def model_to_convert(ctx: "BuildContext", source: Artifact | None = None):
     """``source`` (default: the latest Keras model in the chain) loaded for conversion, and its artifact."""
     from edgecnn.export.tflite import inference_model

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from edgecnn.stage import StageResult
-from edgecnn.stages.common import add_metadata, deployable_models, format_artifact, model_to_convert
+from edgecnn.stages.common import (add_metadata, calibration_images, deployable_models, format_artifact,
+                                   model_to_convert)
 
 if TYPE_CHECKING:
     from edgecnn.recipe import Recipe
@@ -15,13 +16,10 @@ if TYPE_CHECKING:
 def run_quantize(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
     """Full-integer post-training quantization of every deployable Keras model, calibrated on
     un-augmented training images; with metadata."""
-    from edgecnn.data import representative_images
     from edgecnn.export.formats import get_format
     from edgecnn.export.tflite import convert_int8
 
-    ds = ctx.dataset
-    n = recipe.quantize.calibration_samples or recipe.data.representative_samples
-    calibration = ds.normalization.apply(representative_images(ds, n, recipe.seed))
+    calibration = calibration_images(recipe, ctx)
     fmt = get_format("int8")
     produced = []
     for source in deployable_models(ctx):
