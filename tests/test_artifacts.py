@@ -4,7 +4,7 @@ The end-to-end test builds real Fashion-MNIST with a tiny loaded teacher and a s
 table made by :func:`edgecnn.pipeline.insert_stage` (never the global table) with two
 test-only stages:
 
-* ``prune`` between ``student`` and ``export``: a real magnitude pruning of the student
+* ``zero_half`` between ``student`` and ``export``: a real magnitude pruning of the student
   (every kernel's smaller half set to zero), producing ``model.keras.pruned``. Export,
   quantize, evaluate and report must pick it up without being told.
 * ``edgetpu`` after ``quantize``: a stand-in for the Edge TPU compiler, which this host
@@ -47,7 +47,7 @@ def run_prune(recipe, ctx) -> StageResult:  # test-stage:start
     return StageResult([keras_artifact("model.keras.pruned", save_keras(model, ctx.path("pruned.keras")))], metrics)
 
 
-PRUNE = pipeline.Stage("prune", ("seed",), ("model.keras.*",), ("model.keras.pruned",), run_prune,
+PRUNE = pipeline.Stage("zero_half", ("seed",), ("model.keras.*",), ("model.keras.pruned",), run_prune,
                        lambda r: True, lambda r: "zero the smaller half of every kernel")  # test-stage:end
 
 
@@ -104,11 +104,11 @@ def test_insert_stage_makes_a_new_table_and_leaves_the_global_one():
     before = pipeline.STAGES
     table = pipeline.insert_stage(PRUNE, after="student")
     names = [s.name for s in table]
-    assert names[names.index("student") + 1] == "prune" and names[names.index("prune") + 1] == "export"
-    assert pipeline.STAGES is before and "prune" not in [s.name for s in pipeline.STAGES]
+    assert names == [s.name for s in pipeline.STAGES][:3] + ["zero_half"] + [s.name for s in pipeline.STAGES][3:]
+    assert pipeline.STAGES is before and "zero_half" not in [s.name for s in pipeline.STAGES]
     with pytest.raises(ValueError, match="no stage named 'studnet'"):
         pipeline.insert_stage(PRUNE, after="studnet")
-    with pytest.raises(ValueError, match="already has a stage named 'prune'"):
+    with pytest.raises(ValueError, match="already has a stage named 'zero_half'"):
         pipeline.insert_stage(PRUNE, after="export", stages=table)
 
 
@@ -122,7 +122,7 @@ def test_a_stage_returning_an_undeclared_role_is_refused():
 
 def _write_record(out: Path, artifacts: dict) -> None:
     (out / "stages").mkdir(parents=True, exist_ok=True)
-    (out / "stages" / "prune.json").write_text(json.dumps({"stage": "prune", "key": "k", "artifacts": artifacts}))
+    (out / "stages" / "zero_half.json").write_text(json.dumps({"stage": "zero_half", "key": "k", "artifacts": artifacts}))
 
 
 def test_typed_records_round_trip_and_bad_ones_are_misses(tmp_path):
@@ -150,7 +150,7 @@ def test_typed_records_round_trip_and_bad_ones_are_misses(tmp_path):
         stream = io.StringIO()
         _write_record(tmp_path, artifacts)
         assert pipeline._load_record(tmp_path, PRUNE, "k", Progress(quiet=True, stream=stream)) is None
-        assert "warning: stages/prune.json" in stream.getvalue(), artifacts
+        assert "warning: stages/zero_half.json" in stream.getvalue(), artifacts
 
 
 # ------------------------------------------------------------------ a stage in the middle of the chain
@@ -189,9 +189,9 @@ def test_export_quantize_evaluate_report_pick_up_the_inserted_model(inserted):
 
     recipe_path, _, result = inserted
     out = result.out_dir
-    assert result.ran == ["data", "teacher", "student", "prune", "export", "quantize", "fake_edgetpu", "evaluate"]
+    assert result.ran == ["data", "teacher", "student", "zero_half", "export", "quantize", "fake_edgetpu", "evaluate"]
     records = {name: json.loads((out / "stages" / f"{name}.json").read_text()) for name in result.ran}
-    pruned = records["prune"]["artifacts"]["pruned"]
+    pruned = records["zero_half"]["artifacts"]["pruned"]
     assert (pruned["role"], pruned["kind"], pruned["precision"]) == ("model.keras.pruned", "keras", "float32")
     # Both deployable models are converted side by side, each file naming its source.
     assert records["export"]["metrics"]["sources"] == ["model.keras.student", "model.keras.pruned"]
@@ -227,7 +227,7 @@ def test_export_quantize_evaluate_report_pick_up_the_inserted_model(inserted):
     assert variants["tflite_int8"]["reference"] == "tflite_float32"
     drop = (rows["tflite_float32_pruned"]["accuracy"] - rows["tflite_int8_pruned"]["accuracy"]) * 100
     assert variants["tflite_int8_pruned"]["accuracy_drop_points"] == pytest.approx(drop, abs=1e-3)
-    assert rows["pruned"]["accuracy"] == records["prune"]["metrics"]["accuracy"]
+    assert rows["pruned"]["accuracy"] == records["zero_half"]["metrics"]["accuracy"]
     assert rows["tflite_edgetpu"]["accuracy"] is None and rows["tflite_edgetpu"]["evaluated_with"] == NOT_EVALUABLE
     assert rows["tflite_int8"]["accuracy"] == evaluation["tflite_int8"]["accuracy"]
     md = result.report_md_path.read_text()
