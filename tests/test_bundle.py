@@ -421,3 +421,15 @@ def test_verify_on_a_target_without_the_runner_says_so(bundle):
 
     with pytest.raises(DeviceError, match="runner.py by hand"):
         verify_bundle(bundle, target="android")
+
+
+def test_a_truncated_model_in_the_run_names_the_run_s_file_not_a_temporary_copy(run_dir, tmp_path):
+    from helpers import run_edgecnn
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    model = run / "student_int8.tflite"
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+    proc = run_edgecnn("bundle", str(run), "--out", str(tmp_path / "bundle"))
+    line = assert_one_line_error(proc, 4, str(model))
+    assert ".tmp-" not in line and not (tmp_path / "bundle").exists()

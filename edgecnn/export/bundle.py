@@ -132,7 +132,8 @@ def write_bundle(run_dir: str | os.PathLike, out_dir: str | os.PathLike, model: 
             dst = tmp / src.name
             shutil.copyfile(src, dst)
             golden = golden_name(precision, src.name)
-            spec = _golden(dst, x_real, y_test, tmp / golden)
+            # Read from the run directory: an error then names the user's file, not the copy in .tmp-.
+            spec = _golden(src, x_real, y_test, tmp / golden)
             accuracy = evaluation.get("models", {}).get(name, {}).get("accuracy")
             models.append({"file": src.name, "precision": precision, "golden": golden,
                            "accuracy": accuracy, **spec})
