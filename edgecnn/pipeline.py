@@ -152,14 +152,14 @@ STAGES: tuple[Stage, ...] = (
                      + f" magnitude pruning of the student, {r.prune.schedule.kind} schedule")
                     + ", "
                     + f"{r.prune.train.epochs} fine-tune epochs" + (" distilled" if r.distill.enabled else ""),
-          trains=lambda r: r.prune.train),
+          trains=lambda r: r.prune.train, check=_stages.check_prune),
     Stage("qat", ("qat", "distill", "seed"), ("dataset", "model.keras.teacher", "model.keras.student",
                                                 "model.keras.pruned"),
           ("model.keras.qat",), _stages.run_qat, lambda r: r.qat is not None,
           lambda r: ("sparsity-preserving " if r.prune is not None and r.qat.preserve_sparsity is not False else "")
                     + f"quantization-aware training, {r.qat.train.epochs} epochs"
                     + (" distilled" if r.distill.enabled else ""),
-          trains=lambda r: r.qat.train),
+          trains=lambda r: r.qat.train, check=_stages.check_qat),
     # data + seed: int16x8 calibrates on data.representative_samples training images.
     Stage("export", ("export", "data", "seed", *METADATA_SECTIONS), ("dataset", "model.keras.*"),
           tuple(p for f in FORMATS if f.name != "int8" for p in (f.role, f"{f.role}.*")),
@@ -575,6 +575,8 @@ def _run_stages(recipe: Recipe, out: Path, progress: Progress, stages: tuple[Sta
         # Before any stage: MultiWorkerMirroredStrategy must exist before the process runs a
         # TensorFlow op (collective ops are configured once, at start-up).
         ctx.cluster = join_cluster(recipe, plan, progress)
+        for stage in plan:  # settings only the built model can check: fail now, not after training
+            stage.check(recipe)
         _run_planned(plan, recipe, ctx, content, shared, timings, ran, cached)
     except WorkerFinished as done:
         # A non-chief worker of distributed training: its part is done, the chief writes

@@ -65,6 +65,10 @@ def _no_training(recipe: Recipe) -> TrainConfig | None:
     return None
 
 
+def _no_check(recipe: Recipe) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class Stage:
     """One pipeline step.
@@ -90,6 +94,9 @@ class Stage:
         trains: the recipe's training settings of this stage (None: it trains nothing).
             A ``multi_worker`` one makes the build join the cluster before any stage
             runs, and every worker decide together whether the stage is cached.
+        check: run before the first stage: raises a one-line error for a setting that
+            can only be checked against the built model (a layer name), so it fails in
+            seconds instead of after training.
     """
 
     name: str
@@ -103,6 +110,7 @@ class Stage:
     shared: bool = True
     environment: Callable[[Recipe], dict[str, str]] = _no_environment
     trains: Callable[[Recipe], TrainConfig | None] = _no_training
+    check: Callable[[Recipe], None] = _no_check
 
 
 class BuildContext:

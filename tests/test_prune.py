@@ -423,3 +423,17 @@ def test_each_quantization_format_has_the_tensor_types_of_its_mode(tmp_path, mod
     interpreter = make_interpreter(path)
     interpreter.allocate_tensors()
     interpreter.invoke()
+
+
+@pytest.mark.parametrize("section,needle", [
+    ("prune: {include: ['block_*_expnd']}", "prune.include: pattern 'block_*_expnd' matches no layer"),
+    ("qat: {keep_float: [Conv_11]}", "qat.keep_float: 'Conv_11' is not a layer of the student"),
+])
+def test_layer_names_are_checked_before_any_training(tmp_path, section, needle):
+    """A misspelt layer pattern fails in seconds, before the data stage, not after training."""
+    from helpers import assert_one_line_error
+
+    recipe = write_teacher_path_recipe(tmp_path, "early", seed=1, test_limit=50, tail=section + "\n")
+    proc = run_edgecnn("build", str(recipe), "--out", str(tmp_path / "run"))
+    assert_one_line_error(proc, 2, needle, build=True)
+    assert "==> [1/" not in proc.stderr and not (tmp_path / "run" / "dataset.json").exists()

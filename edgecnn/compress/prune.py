@@ -64,8 +64,7 @@ def choose_layers(model, cfg) -> LayerChoice:
                 close = difflib.get_close_matches(pattern, names, n=3, cutoff=0.4)
                 hint = f"close layer names: {', '.join(close)}" if close else \
                     f"layers are named like {', '.join(names[1:4])}"
-                raise RecipeError(f"prune.{key}: pattern '{pattern}' matches no layer of the student; {hint} "
-                                  "(`edgecnn inspect` of a .keras file lists them)")
+                raise RecipeError(f"prune.{key}: pattern '{pattern}' matches no layer of the student; {hint}")
     kernels = [layer for layer in layers if type(layer).__name__ in PRUNABLE_CLASSES]
     kept: dict[str, str] = {}
     for layer in layers:

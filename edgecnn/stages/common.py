@@ -126,6 +126,15 @@ def load_teacher(recipe: "Recipe", ctx: "BuildContext"):
                       trust_code=cfg.trust_code, origin=cfg.path)
 
 
+def student_architecture(recipe: "Recipe"):
+    """The recipe's student, untrained and without downloaded weights: its layer names, for
+    checks that should fail before any training (the class count does not change them)."""
+    from edgecnn.models import create_student
+
+    cfg = recipe.student.model_copy(update={"weights": None})
+    return create_student(cfg.architecture, input_shape(recipe), 2, cfg)
+
+
 def fine_tune(recipe: "Recipe", ctx: "BuildContext", model, train_cfg, label: str, callbacks=()) -> dict:
     """Train ``model`` in place for a compression stage (prune, QAT, channels); returns the history.
 

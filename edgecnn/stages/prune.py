@@ -21,6 +21,23 @@ if TYPE_CHECKING:
 PRUNED_FILE = "pruned.keras"
 
 
+def check_prune(recipe: "Recipe") -> None:
+    """Before training: ``prune.include``/``exclude`` match layers of the student and leave
+    something to prune (one line naming the pattern and close layer names otherwise)."""
+    from edgecnn.compress.channels import find_channel_groups
+    from edgecnn.compress.prune import choose_layers
+    from edgecnn.errors import RecipeError
+    from edgecnn.stages.common import student_architecture
+
+    model = student_architecture(recipe)
+    if recipe.prune.method == "channels":
+        if not find_channel_groups(model):
+            raise RecipeError(f"prune.method channels: student {recipe.student.architecture} has no 1x1 convolution "
+                              "whose channels can be removed; use method: magnitude")
+        return
+    choose_layers(model, recipe.prune)
+
+
 def run_prune(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
     """Prune the student to ``prune.sparsity`` (or M:N) while fine-tuning it; save the stripped model."""
     from edgecnn.compress.engine import steps_for

@@ -37,6 +37,23 @@ def _kernel_zeros(model) -> tuple[int, int]:
     return zeros, total
 
 
+def check_qat(recipe: "Recipe") -> None:
+    """Before training: every ``qat.keep_float`` name is a layer of the student."""
+    import difflib
+
+    from edgecnn.errors import RecipeError
+    from edgecnn.stages.common import student_architecture
+
+    if not recipe.qat.keep_float:
+        return
+    names = [layer.name for layer in student_architecture(recipe).layers]
+    for name in recipe.qat.keep_float:
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=3, cutoff=0.4)
+            raise RecipeError(f"qat.keep_float: '{name}' is not a layer of the student"
+                              + (f"; close layer names: {', '.join(close)}" if close else ""))
+
+
 def run_qat(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
     """Make the latest deployable model quantization-aware, fine-tune it (distilled), save it."""
     from edgecnn.compress.qat import quantize_aware
