@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -300,8 +301,18 @@ def test_cache_info_and_prune_commands(recipe_file, tmp_path, private_cache):
     assert dry.returncode == 0 and f"would remove {len(STAGES)} entries" in dry.stdout
     assert len(list((private_cache / "entries").iterdir())) == len(STAGES)
     assert cli("prune", "--older-than", "1").stdout.startswith("removed 0 entries")
+    # An entry last used three days ago goes with --older-than 2; the others stay.
+    old_entry = sorted((private_cache / "entries").iterdir())[0]
+    three_days_ago = time.time() - 3 * 86400
+    for path in (old_entry, *old_entry.rglob("*")):
+        os.utime(path, (three_days_ago, three_days_ago))
+    aged = cli("prune", "--older-than", "2")
+    assert aged.returncode == 0 and aged.stdout.startswith("removed ") and old_entry.name[:12] in aged.stdout, \
+        aged.stdout
+    assert "removed 1 entries" in aged.stdout and not old_entry.exists()
+    assert len(list((private_cache / "entries").iterdir())) == len(STAGES) - 1
     done = cli("prune", "--max-size", "0")
-    assert done.returncode == 0 and f"removed {len(STAGES)} entries" in done.stdout
+    assert done.returncode == 0 and f"removed {len(STAGES) - 1} entries" in done.stdout
     assert not list((private_cache / "entries").iterdir())
     assert outside.read_text() == "keep me"  # a symlink in the cache is never followed
     bad = cli("prune", "--max-size", "lots")
@@ -365,3 +376,20 @@ def test_prune_keeps_an_entry_a_build_holds_and_waits_for_a_publish_in_flight(tm
     assert cache.restore(record, tmp_path / "again") == "hardlink"
     assert (tmp_path / "again" / "m.tflite").read_bytes() == b"held model"
     assert results[0].objects == 1  # the free entry's object only
+
+
+def test_edgecnn_cache_off_builds_with_the_run_directory_only(recipe_file, tmp_path):
+    """`EDGECNN_CACHE=off edgecnn build ...`: no shared cache is read or written, and `edgecnn cache
+    info` says it is off (exit 1, one line)."""
+    from helpers import run_edgecnn
+
+    home = tmp_path / "home"  # where the default cache would go
+    env = {"EDGECNN_CACHE": "off", "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache")}
+    proc = run_edgecnn("build", str(recipe_file), "--out", str(tmp_path / "run"), env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "run" / "student.keras").is_file()
+    assert not (home / ".cache" / "edgecnn").exists()
+    assert all("cache" not in json.loads(p.read_text()) for p in (tmp_path / "run" / "stages").glob("*.json")
+               if p.name != "input_hashes.json")
+    info = run_edgecnn("cache", "info", env=env)
+    assert_one_line_error(info, 1, "turned off", "EDGECNN_CACHE=off")
