@@ -62,6 +62,10 @@ def collect_models(ctx: "BuildContext") -> list[dict]:
                      "source": artifact.source, **_file_compression(artifact.path),
                      "evaluated_with": f"{evaluation.get('runtime')} {evaluation.get('runtime_version')}"
                      if evaluated else result.get("status", "not evaluated")})
+        for key in ("reference", "top1_agreement", "flipped", "flipped_to_wrong", "per_class_change_points",
+                    "worst_class"):
+            if key in result:
+                rows[-1][key] = result[key]
         if not evaluated and result.get("reason"):
             rows[-1]["reason"] = result["reason"]  # e.g. an Edge TPU model: where to measure it instead
     return rows
@@ -252,6 +256,16 @@ def render_markdown(report: dict) -> str:
         for v in others:
             size = f", {v['size_ratio']:.2f}x the float32 file" if "size_ratio" in v else ""
             lines.append(f"- {v['name']}: {v['accuracy_drop_points']:.2f} points below {v['reference']}{size}")
+        forgot = [m for m in report["models"] if m.get("top1_agreement") is not None]
+        if forgot:
+            lines += ["", "## What compression forgot", "",
+                      "| model | against | top-1 agreement | flipped images (right -> wrong) | worst class change |",
+                      "|---|---|---|---|---|"]
+            for m in forgot:
+                worst = m.get("worst_class") or {}
+                lines.append(f"| {m['name']} | {m['reference']} | {m['top1_agreement']:.2%} | {m['flipped']} "
+                             f"({m['flipped_to_wrong']}) | {worst.get('class', '-')} "
+                             f"{worst.get('change_points', 0):+.2f} points |")
     for plot in report.get("plots", []):
         lines += ["", f"![{plot}]({plot})"]
     dataset = report.get("dataset") or {}

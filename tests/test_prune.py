@@ -437,3 +437,22 @@ def test_layer_names_are_checked_before_any_training(tmp_path, section, needle):
     proc = run_edgecnn("build", str(recipe), "--out", str(tmp_path / "run"))
     assert_one_line_error(proc, 2, needle, build=True)
     assert "==> [1/" not in proc.stderr and not (tmp_path / "run" / "dataset.json").exists()
+
+
+def test_report_says_what_compression_forgot(pruned_build):
+    """Each compressed file against its float reference, found through the artifact graph:
+    agreement and flipped images agree with each other, per-class changes cover every class."""
+    run, _ = pruned_build
+    evaluation = json.loads((run / "evaluation.json").read_text())
+    models, n = evaluation["models"], evaluation["test_images"]
+    assert models["tflite_int8"]["reference"] == "tflite_float32"
+    assert models["tflite_float32_pruned"]["reference"] == "tflite_float32"  # compressed from the student
+    assert models["tflite_int8_qat"]["reference"] == "tflite_float32_pruned"  # QAT's float source
+    assert "reference" not in models["tflite_float32"]
+    for name in ("tflite_int8", "tflite_float32_pruned", "tflite_int8_pruned", "tflite_int8_qat"):
+        row = models[name]
+        assert row["flipped"] == round((1 - row["top1_agreement"]) * n)
+        assert 0 <= row["flipped_to_wrong"] <= row["flipped"]
+        assert len(row["per_class_change_points"]) == 10
+    md = (run / "report.md").read_text()
+    assert "## What compression forgot" in md and "| tflite_int8_qat | tflite_float32_pruned |" in md

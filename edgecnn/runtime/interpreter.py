@@ -38,6 +38,7 @@ __all__ = [
     "dequantize_output",
     "predict",
     "evaluate_tflite",
+    "predict_classes",
 ]
 
 # The pip names ``make_interpreter(runtime=...)`` accepts, most preferred first.
@@ -401,6 +402,17 @@ def evaluate_tflite(path: str | os.PathLike, x_float: np.ndarray, y: np.ndarray,
         raise DataError("no samples to evaluate; pass a non-empty dataset")
     if len(labels) != len(x_float):
         raise DataError(f"{len(x_float)} samples but {len(labels)} labels; they must match")
+    predicted = predict_classes(path, x_float, num_threads=num_threads, batch_size=batch_size, runtime=runtime)
+    return float(np.mean(predicted == labels))
+
+
+def predict_classes(path: str | os.PathLike, x_float: np.ndarray, num_threads: int = 2, batch_size: int = 64,
+                    runtime: str | None = None) -> np.ndarray:
+    """The top-1 class a single-input classifier ``.tflite`` predicts for each real-valued sample.
+
+    Raises:
+        ModelFileError: the model cannot be loaded.
+    """
     interpreter = make_interpreter(path, runtime=runtime, threads=num_threads)
     scores = predict(interpreter, x_float, batch_size=batch_size)
-    return float(np.mean(scores.reshape(len(labels), -1).argmax(axis=-1) == labels))
+    return scores.reshape(len(x_float), -1).argmax(axis=-1)

@@ -28,9 +28,9 @@ EVALUATION_FILE = "evaluation.json"
 
 BUNDLE_DIR = "bundle"
 
-def keras_artifact(role: str, path: Path) -> Artifact:
-    """A float32 ``.keras`` model artifact (``model.keras.<step>``)."""
-    return Artifact(role, "keras", path, precision="float32")
+def keras_artifact(role: str, path: Path, source: Artifact | None = None) -> Artifact:
+    """A float32 ``.keras`` model artifact (``model.keras.<step>``), made from ``source`` if given."""
+    return Artifact(role, "keras", path, precision="float32", source=source.role if source is not None else None)
 
 
 def input_shape(recipe: "Recipe") -> tuple[int, int, int]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from edgecnn.artifacts import MODEL_FILE_KINDS, Artifact
+from edgecnn.artifacts import MODEL_FILE_KINDS, QUANTIZATION_AWARE_ROLES, Artifact
 from edgecnn.fileio import write_json_atomic
 from edgecnn.stage import StageResult
 from edgecnn.stages.common import EVALUATION_FILE
@@ -36,20 +36,63 @@ def _not_evaluable_reason(artifact: Artifact, host_runtime: str) -> str:
             f"{host_runtime} (CPU)" + (f"; {hint.format(file=artifact.path.name)}" if hint else ""))
 
 
+def float_reference(ctx: "BuildContext", artifact: Artifact) -> Artifact | None:
+    """The float32 file ``artifact`` should be compared with, following the artifact graph.
+
+    A converted file (int8, float16 ...) is compared with the float32 file of the same
+    Keras model; a quantization-aware model's files with the float32 file of the model it
+    was made from; a float32 file of a compressed model (pruned) with the float32 file of
+    the model it was compressed from. None when there is no such file (float32 not built).
+    """
+    float32 = {a.source: a for a in ctx.artifacts.all(kind="tflite") if a.precision == "float32" and a.source}
+    source = ctx.artifacts.get(artifact.source) if artifact.source else None
+    if source is None:
+        return None
+    if artifact.precision == "float32":  # compare with the float model it was compressed from
+        return float32.get(source.source) if source.source else None
+    while source.role in QUANTIZATION_AWARE_ROLES and source.source and ctx.artifacts.get(source.source):
+        source = ctx.artifacts.get(source.source)
+    reference = float32.get(source.role)
+    return reference if reference is not None and reference.role != artifact.role else None
+
+
+def forgetting(predicted, reference, labels, class_names, reference_name: str) -> dict:
+    """What a compressed model forgot against its float reference (Hooker et al., 2019,
+    "What do compressed deep neural networks forget?", arXiv:1911.05248): top-1 agreement,
+    the test images whose prediction flipped, and the accuracy change per class in points."""
+    import numpy as np
+
+    per_class = []
+    for c, name in enumerate(class_names):
+        rows = labels == c
+        if rows.any():
+            change = (np.mean(predicted[rows] == c) - np.mean(reference[rows] == c)) * 100
+            per_class.append({"class": name, "change_points": round(float(change), 2)})
+    worst = min(per_class, key=lambda row: row["change_points"]) if per_class else None
+    return {"reference": reference_name, "top1_agreement": round(float(np.mean(predicted == reference)), 5),
+            "flipped": int(np.sum(predicted != reference)),
+            "flipped_to_wrong": int(np.sum((predicted != reference) & (reference == labels))),
+            "per_class_change_points": per_class, "worst_class": worst}
+
+
 def run_evaluate(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
     """Run every TFLite model whose runtime the host has on the test split, with the real TFLite runtime.
 
     A model for another runtime (an Edge TPU model) is listed with ``status`` "not
     evaluable on this host" and no accuracy; the build goes on.
     """
+    import numpy as np
+
     from edgecnn.tflite.reader import inspect_tflite
     from edgecnn.fileio import path_size
-    from edgecnn.runtime.interpreter import evaluate_tflite, runtime_name_version
+    from edgecnn.runtime.interpreter import predict_classes, runtime_name_version
 
     ds = ctx.dataset
     x_test = ds.normalization.apply(ds.x_test)
+    labels = np.asarray(ds.y_test).reshape(-1)
     runtime, version = runtime_name_version()
     results = {}
+    predictions: dict[str, np.ndarray] = {}
     skipped = []
     for artifact in ctx.artifacts.all(kind=MODEL_FILE_KINDS):
         row = {"path": artifact.path.name, "role": artifact.role, "kind": artifact.kind,
@@ -60,10 +103,17 @@ def run_evaluate(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
             skipped.append(f"{artifact.path.name}: {NOT_EVALUABLE}: {row['reason']}")
         else:
             summary = inspect_tflite(artifact.path)
-            accuracy = evaluate_tflite(artifact.path, x_test, ds.y_test, num_threads=recipe.evaluate.threads)
-            row.update(status="evaluated", accuracy=round(float(accuracy), 5), input_dtype=summary.inputs[0].dtype,
+            predicted = predict_classes(artifact.path, x_test, num_threads=recipe.evaluate.threads)
+            predictions[artifact.role] = predicted
+            accuracy = float(np.mean(predicted == labels))
+            row.update(status="evaluated", accuracy=round(accuracy, 5), input_dtype=summary.inputs[0].dtype,
                        output_dtype=summary.outputs[0].dtype, size_bytes=summary.file_size)
         results[artifact.name] = row
+    for artifact in ctx.artifacts.all(kind=MODEL_FILE_KINDS):
+        reference = float_reference(ctx, artifact)
+        if artifact.role in predictions and reference is not None and reference.role in predictions:
+            results[artifact.name].update(forgetting(predictions[artifact.role], predictions[reference.role],
+                                                     labels, ds.class_names, reference.name))
     # Names only: the accuracies are the build's result, printed once at its end (the CLI's
     # table) and kept in report.json, not repeated here.
     evaluated = ", ".join(r["path"] for r in results.values() if r["status"] == "evaluated") or "no .tflite model"

@@ -83,7 +83,8 @@ def run_prune(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
     }
     ctx.progress.line(f"    sparsity of the pruned layers {metrics['sparsity_pruned_layers']:.1%}, "
                       f"{metrics['nonzero_params']:,} of {metrics['params']:,} parameters non-zero")
-    return StageResult([keras_artifact("model.keras.pruned", save_keras(pruned, ctx.path(PRUNED_FILE)))], metrics)
+    return StageResult([keras_artifact("model.keras.pruned", save_keras(pruned, ctx.path(PRUNED_FILE)), source)],
+                       metrics)
 
 
 def _prune_channels(recipe: "Recipe", ctx: "BuildContext", student, source) -> StageResult:
@@ -114,4 +115,4 @@ def _prune_channels(recipe: "Recipe", ctx: "BuildContext", student, source) -> S
         "val_accuracy_per_epoch": rounded(history.get("val_accuracy")),
         "accuracy": round(evaluate_classifier(slim, eval_dataset(ctx, ds.x_test, ds.y_test)), 5),
     }
-    return StageResult([keras_artifact("model.keras.pruned", save_keras(slim, ctx.path(PRUNED_FILE)))], metrics)
+    return StageResult([keras_artifact("model.keras.pruned", save_keras(slim, ctx.path(PRUNED_FILE)), source)], metrics)
