@@ -169,7 +169,10 @@ _recipe_case("data-path-missing", "name: a\ndata: {source: image_folder, path: /
 _recipe_case("teacher-path-missing", "name: a\nteacher: {path: /nonexistent/teacher.keras}\n",
              "/nonexistent/teacher.keras")
 _recipe_case("channels-two", "name: a\ndata: {channels: 2}\n", "channels")
-_recipe_case("reserved-prune-section", "name: a\nprune: {sparsity: 0.5}\n", "prune")
+_recipe_case("prune-sparsity-one", "name: a\nprune: {sparsity: 1.0}\n", "prune.sparsity")
+_recipe_case("prune-ends-before-it-begins", "name: a\nprune: {begin: 0.5, end: 0.2}\n", "end > begin")
+_recipe_case("prune-m-by-n-backwards", "name: a\nprune: {m_by_n: [4, 2]}\n", "m_by_n")
+_recipe_case("prune-channel-ratio-one", "name: a\nprune: {method: channels, ratio: 1.0}\n", "prune.ratio")
 _recipe_case("bench-target-scheme", "name: a\nbench: [{target: 'ftp://pi'}]\n", "ftp://pi")
 _recipe_case("bench-target-not-a-list", "name: a\nbench: {target: local}\n", "bench")
 _recipe_case("bench-runs-zero", "name: a\nbench: [{target: local, runs: 0}]\n", "runs")

@@ -150,7 +150,7 @@ def test_dev_sh_says_which_system_packages_and_why_and_can_opt_out(tmp_path):
     said = [ln for ln in proc.stderr.splitlines() if ln.startswith("[edgecnn setup]")]
     skipped = [ln for ln in said if "not installing system package(s)" in ln]
     assert skipped, proc.stderr
-    assert "adb" in skipped[0] and "openssh-client" in skipped[0] and "SSH and adb transport tests" in skipped[0]
+    assert "adb" in skipped[0] and "openssh-client" in skipped[0] and "SSH, adb and delegate tests" in skipped[0]
     assert "EDGECNN_NO_SYSTEM_PACKAGES=1" in skipped[0]
     assert not any(ln.startswith("[edgecnn setup] installing system package") for ln in said), said
     assert any("skip" in ln for ln in said), said

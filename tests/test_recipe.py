@@ -163,10 +163,16 @@ def test_wrong_paths_fail_at_validation(tmp_path):
     assert "data.path" in message
 
 
-def test_reserved_sections_are_rejected_until_supported(tmp_path):
-    message = error_of(write(tmp_path, "r.yaml", "name: t\nprune: {sparsity: 0.5}\n"))
-    assert "prune" in message and "reserved" in message
-    assert load_recipe(write(tmp_path, "r2.yaml", "name: t\nprune: null\nqat: null\nbench: null\n")).prune is None
+def test_compression_sections_are_typed_and_null_means_none(tmp_path):
+    """prune and qat (reserved until this release) are typed sections: a bad value names its key."""
+    message = error_of(write(tmp_path, "r.yaml", "name: t\nprune: {sparsity: 1.5}\n"))
+    assert "prune.sparsity" in message
+    message = error_of(write(tmp_path, "r1.yaml", "name: t\nqat: {keep_flaot: [x]}\n"))
+    assert "qat" in message and "keep_flaot" in message
+    recipe = load_recipe(write(tmp_path, "r2.yaml", "name: t\nprune: null\nqat: null\nbench: null\n"))
+    assert recipe.prune is None and recipe.qat is None
+    recipe = load_recipe(write(tmp_path, "r3.yaml", "name: t\nprune: {sparsity: 0.3}\nqat: {}\n"))
+    assert recipe.prune.sparsity == 0.3 and recipe.qat.keep_float == []
 
 
 def test_normalization_must_match_channels(tmp_path):
