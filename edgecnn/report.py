@@ -59,30 +59,16 @@ def collect_models(ctx: "BuildContext") -> list[dict]:
                      "precision": artifact.precision, "runtime": artifact.runtime,
                      "size_bytes": path_size(artifact.path), "accuracy": result.get("accuracy"),
                      "input_dtype": result.get("input_dtype"), "output_dtype": result.get("output_dtype"),
-                     "source": artifact.source, **_file_compression(artifact.path),
+                     "source": artifact.source,
                      "evaluated_with": f"{evaluation.get('runtime')} {evaluation.get('runtime_version')}"
                      if evaluated else result.get("status", "not evaluated")})
-        for key in ("reference", "top1_agreement", "flipped", "flipped_to_wrong", "per_class_change_points",
-                    "worst_class"):
+        for key in ("gzip_bytes", "weight_sparsity", "pruned_tensors", "pruned_tensors_sparsity", "reference",
+                    "top1_agreement", "flipped", "flipped_to_wrong", "per_class_change_points", "worst_class"):
             if key in result:
                 rows[-1][key] = result[key]
         if not evaluated and result.get("reason"):
             rows[-1]["reason"] = result["reason"]  # e.g. an Edge TPU model: where to measure it instead
     return rows
-
-
-def _file_compression(path: Path) -> dict:
-    """What compression left in a model file: its gzip size and the zeros read back from its
-    weights (global, and over the tensors at least 30 % zero, i.e. the pruned ones)."""
-    import gzip
-
-    from edgecnn.tflite.reader import sparsity_summary, weight_sparsity
-
-    # mtime=0: the same file always gives the same gzip size.
-    gz = len(gzip.compress(path.read_bytes(), compresslevel=9, mtime=0))
-    summary = sparsity_summary(weight_sparsity(path), min_sparsity=0.3)
-    return {"gzip_bytes": gz, "weight_sparsity": summary["sparsity"],
-            "pruned_tensors": summary["pruned_tensors"], "pruned_tensors_sparsity": summary["pruned_sparsity"]}
 
 
 def compare_to_sources(models: list[dict]) -> list[dict]:

@@ -24,6 +24,18 @@ from edgecnn._tf import keras
 from edgecnn.errors import RecipeError
 
 
+def check_keep_float(model, keep_float) -> None:
+    """Every ``qat.keep_float`` name is a layer of ``model`` (one line with the close names otherwise)."""
+    import difflib
+
+    names = [layer.name for layer in model.layers]
+    for name in keep_float:
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=3, cutoff=0.4)
+            raise RecipeError(f"qat.keep_float: '{name}' is not a layer of the student"
+                              + (f"; close layer names: {', '.join(close)}" if close else ""))
+
+
 def quantize_aware(model, keep_float=(), preserve_sparsity: bool = False):
     """A quantization-aware copy of ``model`` (weights copied; the caller's model is unchanged).
 
@@ -39,14 +51,7 @@ def quantize_aware(model, keep_float=(), preserve_sparsity: bool = False):
     import tensorflow_model_optimization as tfmot
 
     K = keras()
-    names = {layer.name for layer in model.layers}
-    for name in keep_float:
-        if name not in names:
-            import difflib
-
-            close = difflib.get_close_matches(name, sorted(names), n=3, cutoff=0.4)
-            raise RecipeError(f"qat.keep_float: '{name}' is not a layer of the model"
-                              + (f"; close layer names: {', '.join(close)}" if close else ""))
+    check_keep_float(model, keep_float)
     def annotate(layer):
         fresh = layer.__class__.from_config(layer.get_config())
         if layer.name in keep_float:

@@ -198,15 +198,15 @@ def load_keras_model(path: str | Path, what: str = "teacher.path", *, trust_code
         ModelFileError: the path is missing, holds no Keras model, holds a Keras 3 one, or
             holds code and ``trust_code`` is False.
     """
-    from edgecnn.models.untrusted import check_model_file
+    from edgecnn.models.untrusted import check_model_file, describe_file
 
     path = Path(path)
-    named = f"{origin} (through edgecnn's copy {path})" if origin else str(path)
+    named = describe_file(path, origin)
     if not path.exists():
         raise ModelFileError(f"{named}: {what} does not exist; give a saved Keras model (.keras, .h5 or SavedModel folder)")
     refuse_keras3_model(path, what)
     if not trust_code:
-        check_model_file(path, what, opt_in, origin=str(origin) if origin else None)
+        check_model_file(path, what, opt_in, origin=origin)
     K = keras()
     try:
         entries = _archive_entries(path)

@@ -52,8 +52,8 @@ _SAFE_OP_PREFIXES = ("math.", "nn.", "__operators__.", "linalg.", "image.", "com
 _SAFE_OPS = {"reshape", "concat", "stack", "unstack", "transpose", "cast", "clip_by_value", "expand_dims",
              "squeeze", "split", "slice", "strided_slice", "gather", "identity", "pad", "tile", "where",
              "ones_like", "zeros_like", "shape", "maximum", "minimum", "broadcast_to", "reduce_mean",
-             "reduce_sum", "reduce_max", "argmax", "one_hot", "sigmoid", "tanh", "nn", "add", "multiply",
-             "divide", "subtract", "matmul", "einsum", "fill", "range", "convert_to_tensor", "__operators__.getitem"}
+             "reduce_sum", "reduce_max", "argmax", "one_hot", "sigmoid", "tanh", "add", "multiply",
+             "divide", "subtract", "matmul", "einsum", "fill", "range", "convert_to_tensor"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,7 +264,12 @@ def find_code(config: object, known: frozenset[str]) -> list[CodeFinding]:
     return list(unique.values())
 
 
-def check_model_file(path: str | Path, what: str, opt_in: str, origin: Optional[str] = None) -> None:
+def describe_file(path: str | Path, origin: Optional[str | Path] = None) -> str:
+    """How errors name a model file: the user's file first when ``path`` is edgecnn's copy of it."""
+    return f"{origin} (through edgecnn's copy {path})" if origin else str(path)
+
+
+def check_model_file(path: str | Path, what: str, opt_in: str, origin: Optional[str | Path] = None) -> None:
     """Refuse a Keras model file that would run code when loaded, before anything loads it.
 
     Args:
@@ -277,7 +282,7 @@ def check_model_file(path: str | Path, what: str, opt_in: str, origin: Optional[
         ModelFileError: one line naming the file, the first layer (name and class), why,
             and the opt-in.
     """
-    where = f"{origin} (through edgecnn's copy {path})" if origin else str(path)
+    where = describe_file(path, origin)
     findings = find_code(read_architecture(path, where, what), known_classes())
     if not findings:
         return

@@ -39,19 +39,11 @@ def _kernel_zeros(model) -> tuple[int, int]:
 
 def check_qat(recipe: "Recipe") -> None:
     """Before training: every ``qat.keep_float`` name is a layer of the student."""
-    import difflib
-
-    from edgecnn.errors import RecipeError
+    from edgecnn.compress.qat import check_keep_float
     from edgecnn.stages.common import student_architecture
 
-    if not recipe.qat.keep_float:
-        return
-    names = [layer.name for layer in student_architecture(recipe).layers]
-    for name in recipe.qat.keep_float:
-        if name not in names:
-            close = difflib.get_close_matches(name, names, n=3, cutoff=0.4)
-            raise RecipeError(f"qat.keep_float: '{name}' is not a layer of the student"
-                              + (f"; close layer names: {', '.join(close)}" if close else ""))
+    if recipe.qat.keep_float:
+        check_keep_float(student_architecture(recipe), recipe.qat.keep_float)
 
 
 def run_qat(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
