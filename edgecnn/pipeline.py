@@ -69,7 +69,7 @@ from edgecnn.stages.common import METADATA_SECTIONS
 from edgecnn.stage import STAGE_DIR, BuildContext, Cluster, InputFiles, Stage, StageResult
 from edgecnn.errors import DataError, EdgecnnError, ModelFileError
 from edgecnn.export.edgetpu import COMPILER as EDGETPU_COMPILER
-from edgecnn.export.formats import EDGETPU_FORMAT, FORMATS, float_formats
+from edgecnn.export.formats import EDGETPU_FORMAT, FORMATS, GATED_FORMAT, float_formats
 from edgecnn.fileio import (claim_output_dir, clean_stale_temporaries, json_type_name, path_size, sha256_file,
                             write_json_atomic)
 from edgecnn.progress import Progress
@@ -172,6 +172,16 @@ STAGES: tuple[Stage, ...] = (
           lambda r: "int8 of every deployable model (student" + (", pruned" if r.prune else "")
                     + (", qat" if r.qat else "") + f"), {r.quantize.io_dtype} I/O, "
                     f"{r.quantize.calibration_samples or r.data.representative_samples} calibration images"),
+    # The accuracy gate: quantize's int8 files against their float32 sources on the validation
+    # split (data), calibrated like quantize (seed); litert-quantizer's version shapes its files.
+    Stage("gate", ("quantize", "data", "seed", *METADATA_SECTIONS),
+          ("dataset", "model.keras.*", "model.tflite.int8", "model.tflite.int8.*", "model.tflite.float32",
+           "model.tflite.float32.*"),
+          (GATED_FORMAT.role, f"{GATED_FORMAT.role}.*", f"{_stages.LAYER_ERROR_ROLE}.*"), _stages.run_gate,
+          lambda r: r.quantize.int8 and r.quantize.max_drop is not None,
+          lambda r: f"accuracy gate: int8 within {r.quantize.max_drop:g} points of its float model on the validation "
+                    f"split, else up to {r.quantize.gate_attempts} candidates with the worst layers kept float",
+          environment=_stages.gate_environment, check=_stages.check_gate),
     # No recipe section: the output depends only on the int8 model and the compiler.
     Stage("edgetpu", (), ("model.tflite.int8",), (EDGETPU_FORMAT.role,), _stages.run_edgetpu,
           lambda r: "edgetpu" in r.export.formats,

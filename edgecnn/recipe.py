@@ -285,6 +285,8 @@ class QuantizeConfig(_Section):
     int8: bool = Field(True, description="Produce a full-integer int8 model (post-training quantization).")
     io_dtype: Literal["int8", "uint8", "float32"] = Field("int8", description="Input/output tensor type of the int8 model.")
     calibration_samples: Optional[int] = Field(None, ge=1, le=10000, description="Calibration images (None = data.representative_samples).")
+    max_drop: Optional[float] = Field(None, ge=0.0, le=100.0, description="Accuracy gate, in points: when a post-training int8 model loses more than this against its float source (on the validation split), keep its worst-quantizing layers in float (litert-quantizer, int8 I/O kept) until it does not, writing <model>_int8_gated.tflite; the build fails, listing what was tried, when no attempt meets it. None = no gate.")
+    gate_attempts: int = Field(8, ge=1, le=64, description="Candidates the accuracy gate tries at most: the full int8 model, then the 1, 2, ... worst layers kept float.")
 
 
 class ExportConfig(_Section):
@@ -383,6 +385,18 @@ class Recipe(_Section):
         if "edgetpu" in self.export.formats and not self.quantize.int8:
             raise ValueError("export.formats: edgetpu compiles the int8 model, but quantize.int8 is false; "
                              "set quantize.int8: true or remove edgetpu")
+        if self.quantize.max_drop is not None:
+            # The gate compares int8 files with their float source on held-out images, and its
+            # candidates come from litert-quantizer, which writes int8 inputs and outputs.
+            if not self.quantize.int8:
+                raise ValueError("quantize.max_drop gates the int8 model, but quantize.int8 is false; "
+                                 "set quantize.int8: true or remove max_drop")
+            if self.quantize.io_dtype != "int8":
+                raise ValueError(f"quantize.max_drop: the gated model keeps int8 inputs and outputs, but quantize.io_dtype "
+                                 f"is {self.quantize.io_dtype}; set io_dtype: int8 or remove max_drop")
+            if self.data.validation_fraction <= 0:
+                raise ValueError("quantize.max_drop measures the drop on the validation split, but "
+                                 "data.validation_fraction is 0; set it above 0 (e.g. 0.1)")
         return self
 
     @field_validator("bench", mode="before")

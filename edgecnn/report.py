@@ -160,6 +160,8 @@ def write_reports(recipe: "Recipe", ctx: "BuildContext", timings: list[dict],
         # what the artifacts cost when they were computed (equals total_wall_s with no cache hits)
         "total_compute_s": round(sum(t["compute_wall_s"] for t in timings), 3),
         "bench": ctx.metrics.get("bench", {}).get("results", []),
+        # quantize.max_drop: per int8 file, its drop, what was tried, what stayed float and its cost.
+        "gate": ctx.metrics.get("gate", {}).get("models", []),
         # Stages the recipe asks for that made nothing on this host, with why (a missing tool).
         "skipped": [{"stage": t["stage"], "reason": t["skipped"]} for t in timings if t.get("skipped")],
         # Model files whose Python code the recipe chose to run (the opt-in, e.g. teacher.trust_code).
@@ -207,6 +209,30 @@ def _size_text(n: int) -> str:
     return f"{n / 1024:.1f} KiB" if n < 1024 * 1024 else f"{n / 1024 / 1024:.2f} MiB"
 
 
+def _gate_lines(gate: list[dict]) -> list[str]:
+    """The accuracy gate's section: each int8 file's drop, and what the gate kept float."""
+    if not gate:
+        return []
+    lines = ["", "## Accuracy gate", ""]
+    for g in gate:
+        head = (f"- `{g['model']}`: {g['int8_drop_points']:+.2f} points against its float model on "
+                f"{g['validation_images']} validation images (budget {g['max_drop_points']:g})")
+        if not g.get("gated_model"):
+            lines.append(head + ": within budget, no layer kept float")
+            continue
+        last = g["attempts"][-1]
+        lines.append(head + f"; `{g['gated_model']}` keeps **{', '.join(g['kept_float'])}** float: "
+                     f"{last['drop_points']:+.2f} points, {g['latency_ms_gated']:.3f} ms against "
+                     f"{g['latency_ms_full_int8']:.3f} ms full int8 (1 thread, median of 50); per-layer error "
+                     f"for Model Explorer: `{g['node_data']}`")
+        lines += ["", "  | layers kept float | validation accuracy | drop (points) | latency (ms) |",
+                  "  |---|---|---|---|"]
+        for a in g["attempts"]:
+            lines.append(f"  | {', '.join(a['keep_float']) or 'none'} | {a['accuracy']:.2%} | {a['drop_points']:+.2f} | "
+                         f"{a['latency_ms']:.3f} |")
+    return lines
+
+
 def render_markdown(report: dict) -> str:
     """A person's view of ``report``."""
     lines = [f"# edgecnn build: {report['recipe']}", "",
@@ -252,6 +278,7 @@ def render_markdown(report: dict) -> str:
                 lines.append(f"| {m['name']} | {m['reference']} | {m['top1_agreement']:.2%} | {m['flipped']} "
                              f"({m['flipped_to_wrong']}) | {worst.get('class', '-')} "
                              f"{worst.get('change_points', 0):+.2f} points |")
+    lines += _gate_lines(report.get("gate") or [])
     for plot in report.get("plots", []):
         lines += ["", f"![{plot}]({plot})"]
     dataset = report.get("dataset") or {}

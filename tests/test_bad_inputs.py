@@ -35,6 +35,7 @@ from typing import Callable
 
 import pytest
 from click.testing import CliRunner
+from helpers import error_lines, run_edgecnn
 
 REPO = Path(__file__).resolve().parents[1]
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -173,6 +174,13 @@ _recipe_case("prune-sparsity-one", "name: a\nprune: {sparsity: 1.0}\n", "prune.s
 _recipe_case("prune-ends-before-it-begins", "name: a\nprune: {begin: 0.5, end: 0.2}\n", "end > begin")
 _recipe_case("prune-m-by-n-backwards", "name: a\nprune: {m_by_n: [4, 2]}\n", "m_by_n")
 _recipe_case("prune-channel-ratio-one", "name: a\nprune: {method: channels, ratio: 1.0}\n", "prune.ratio")
+_recipe_case("max-drop-negative", "name: a\nquantize: {max_drop: -1}\n", "max_drop")
+_recipe_case("max-drop-with-uint8-io", "name: a\nquantize: {max_drop: 0.5, io_dtype: uint8}\n", "quantize.max_drop",
+             "io_dtype: int8")
+_recipe_case("max-drop-without-validation", "name: a\nquantize: {max_drop: 0.5}\ndata: {validation_fraction: 0}\n",
+             "data.validation_fraction")
+_recipe_case("max-drop-without-int8", "name: a\nquantize: {max_drop: 0.5, int8: false}\n", "quantize.int8")
+_recipe_case("gate-attempts-zero", "name: a\nquantize: {max_drop: 0.5, gate_attempts: 0}\n", "gate_attempts")
 _recipe_case("bench-target-scheme", "name: a\nbench: [{target: 'ftp://pi'}]\n", "ftp://pi")
 _recipe_case("bench-target-not-a-list", "name: a\nbench: {target: local}\n", "bench")
 _recipe_case("bench-runs-zero", "name: a\nbench: [{target: local, runs: 0}]\n", "runs")
@@ -826,14 +834,6 @@ def _owned(path: Path, root: Path) -> bool:
     return False
 
 
-_PROGRESS = ("edgecnn build", "==> ", "    ", "warning: ", "note: ", "run directory", "waiting for")
-
-
-def _error_lines(stderr: str, build: bool) -> list[str]:
-    lines = [ln for ln in stderr.splitlines() if ln.strip()]
-    return [ln for ln in lines if not ln.startswith(_PROGRESS)] if build else lines
-
-
 def _run(argv: list, inproc: bool, env: dict, cwd: Path) -> tuple[int, str]:
     argv = [str(a) for a in argv]
     if inproc:
@@ -853,8 +853,7 @@ def _run(argv: list, inproc: bool, env: dict, cwd: Path) -> tuple[int, str]:
     env = dict(env)
     if env.pop("EDGECNN_CORPUS_FAKE_COMPILER", None):
         env["PATH"] = f"{_fake_compiler_dir(cwd)}{os.pathsep}{os.environ['PATH']}"
-    proc = subprocess.run([sys.executable, "-m", "edgecnn.cli", *argv], cwd=cwd, capture_output=True, text=True,
-                          timeout=120, env={**os.environ, **env})
+    proc = run_edgecnn(*map(str, argv), cwd=cwd, timeout=120, env=env)
     return proc.returncode, proc.stderr
 
 
@@ -902,7 +901,7 @@ def test_bad_input(bad: Case, shared, tmp_path):
 
     assert "Traceback" not in stderr, stderr
     assert "internal error" not in stderr, stderr
-    lines = _error_lines(stderr, build=argv[0] == "build")
+    lines = error_lines(stderr, build=argv[0] == "build")
     if os.environ.get("EDGECNN_CORPUS_REPORT"):  # a table of what each case printed, for reviews
         with open(os.environ["EDGECNN_CORPUS_REPORT"], "a", encoding="utf-8") as fh:
             fh.write(json.dumps({"case": bad.id, "exit": code, "stderr": lines}) + "\n")

@@ -67,7 +67,7 @@ setup_venv() {
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     say "installing edgecnn and its dependencies into $VENV (first time: a few minutes)"
     "$VENV/bin/python" -m pip install -q --upgrade pip
-    "$VENV/bin/python" -m pip install -q -e ".[test,demo]"
+    "$VENV/bin/python" -m pip install -q -e ".[test,demo,quantize]"
     echo "$want" > "$stamp"
   fi
 }

@@ -55,14 +55,13 @@ def _batch_one_function(model):
     return serve.get_concrete_function()
 
 
-def convert(model, fmt: ExportFormat, path: str | Path, representative: np.ndarray | None = None,
-            io_dtype: str = "float32") -> Path:
-    """Write ``model`` in the format of row ``fmt`` (the converter settings are the row's) atomically.
+def converter_for(model, fmt: ExportFormat, representative: np.ndarray | None = None, io_dtype: str = "float32"):
+    """A converter of ``model`` set up as row ``fmt`` says (the gate's layer ranking runs the
+    same converter as the int8 file it explains).
 
     Args:
         model: float (or quantization-aware) tf_keras model.
         fmt: a row of :data:`edgecnn.export.formats.FORMATS`.
-        path: output file.
         representative: float32 model-ready inputs for calibration (rows that need it).
         io_dtype: the input/output type of rows whose ``io`` is ``recipe``.
     """
@@ -77,16 +76,28 @@ def convert(model, fmt: ExportFormat, path: str | Path, representative: np.ndarr
     if fmt.needs_calibration:
         if representative is None:
             raise ValueError(f"format {fmt.name} needs calibration images")
-
-        def calibration_batches():
-            for i in range(len(representative)):
-                yield [representative[i : i + 1].astype(np.float32)]
-
-        converter.representative_dataset = calibration_batches
+        converter.representative_dataset = representative_batches(representative)
     if fmt.io == "recipe" and io_dtype != "float32":
         converter.inference_input_type = getattr(tf, io_dtype)
         converter.inference_output_type = getattr(tf, io_dtype)
-    return write_bytes_atomic(path, _convert(converter))
+    return converter
+
+
+def representative_batches(images: np.ndarray):
+    """A representative-dataset callable: ``images`` one at a time, as the converter wants."""
+
+    def batches():
+        for i in range(len(images)):
+            yield [images[i : i + 1].astype(np.float32)]
+
+    return batches
+
+
+def convert(model, fmt: ExportFormat, path: str | Path, representative: np.ndarray | None = None,
+            io_dtype: str = "float32") -> Path:
+    """Write ``model`` in the format of row ``fmt`` (the converter settings are the row's) atomically;
+    arguments as :func:`converter_for`."""
+    return write_bytes_atomic(path, _convert(converter_for(model, fmt, representative, io_dtype)))
 
 
 def convert_float(model, fmt: ExportFormat, path: str | Path) -> Path:

@@ -268,9 +268,12 @@ def write_metadata(model: str | os.PathLike | bytes, labels: Sequence[str], norm
     return result
 
 
-def _attach(data: bytes, metadata: bytes, files: dict[str, bytes], label: str) -> bytes:
-    """``data``'s flatbuffer with ``metadata`` as TFLITE_METADATA, then ``files`` as a zip."""
-    import flatbuffers
+def _unpack(data: bytes, label: str):
+    """``data``'s flatbuffer as the schema's object model, with every buffer stored after the
+    flatbuffer (``Buffer.offset``/``size``, as litert-quantizer writes models with over 256 KiB
+    of weights) moved inside it: re-packing moves the flatbuffer's end, which would break
+    such offsets, and runtimes older than the format (tflite-runtime 2.14, the Edge TPU
+    compiler) read weights only from inside. Files under 2 GB always fit inline."""
     from ai_edge_litert import schema_py_generated as schema
 
     try:
@@ -279,11 +282,47 @@ def _attach(data: bytes, metadata: bytes, files: dict[str, bytes], label: str) -
         raise ModelFileError(f"{label}: cannot parse the model flatbuffer ({type(exc).__name__}); "
                              "re-export it with the TFLite converter") from None
     model.buffers = model.buffers or []
-    if any(getattr(b, "offset", 0) > 1 for b in model.buffers):
-        # Such buffers live after the flatbuffer, addressed from the file start; re-packing
-        # would move the flatbuffer's end and break every one of them.
-        raise ModelFileError(f"{label}: the model keeps weights after the flatbuffer (over 2 GB); adding "
-                             "metadata to such files is not supported")
+    for buf in model.buffers:
+        if getattr(buf, "offset", 0) > 1:
+            if len(data) >= 2 ** 31 or buf.offset + buf.size > len(data):
+                raise ModelFileError(f"{label}: the model keeps weights after the flatbuffer "
+                                     + ("(over 2 GB); adding metadata to such files is not supported"
+                                        if len(data) >= 2 ** 31 else "beyond the end of the file; it is truncated"))
+            buf.data = np.frombuffer(data, dtype=np.uint8, count=buf.size, offset=buf.offset)
+            buf.offset = buf.size = 0
+    return model
+
+
+def _pack(model, size_hint: int) -> bytes:
+    """The flatbuffer of ``model`` (object model), every buffer 16-byte aligned."""
+    import flatbuffers
+
+    model.buffers = [_AlignedBuffer(buf) for buf in model.buffers]
+    builder = flatbuffers.Builder(size_hint + 4096)
+    builder.Finish(model.Pack(builder), file_identifier=MODEL_IDENTIFIER)
+    return bytes(builder.Output())
+
+
+def inline_buffers(data: bytes, label: str = "<model bytes>") -> bytes:
+    """``data`` with every weight buffer inside the flatbuffer (see :func:`_unpack`); a file
+    that has none stored outside is returned as is."""
+    if not any(b.Offset() > 1 for b in _raw_buffers(data)):
+        return data
+    return _pack(_unpack(data, label), len(data))
+
+
+def _raw_buffers(data: bytes):
+    from ai_edge_litert import schema_py_generated as schema
+
+    root = schema.Model.GetRootAs(data, 0)
+    return [root.Buffers(i) for i in range(root.BuffersLength())]
+
+
+def _attach(data: bytes, metadata: bytes, files: dict[str, bytes], label: str) -> bytes:
+    """``data``'s flatbuffer with ``metadata`` as TFLITE_METADATA, then ``files`` as a zip."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = _unpack(data, label)
     model.metadata = model.metadata or []
     entry = next((m for m in model.metadata if _text(m.name) == METADATA_NAME), None)
     buffer = schema.BufferT()
@@ -297,10 +336,7 @@ def _attach(data: bytes, metadata: bytes, files: dict[str, bytes], label: str) -
         entry.name = METADATA_NAME
         entry.buffer = len(model.buffers) - 1
         model.metadata.append(entry)
-    model.buffers = [_AlignedBuffer(buf) for buf in model.buffers]
-    builder = flatbuffers.Builder(len(data) + len(metadata) + 4096)
-    builder.Finish(model.Pack(builder), file_identifier=MODEL_IDENTIFIER)
-    packed = io.BytesIO(bytes(builder.Output()))
+    packed = io.BytesIO(_pack(model, len(data) + len(metadata)))
     if files:
         packed.seek(0, io.SEEK_END)
         with zipfile.ZipFile(packed, "a") as zf:
