@@ -55,7 +55,7 @@ __all__ = ["ARTIFACT_KINDS", "MODEL_FILE_KINDS", "QUANTIZATION_AWARE_ROLES", "Ar
 ARTIFACT_KINDS = ("keras", "tflite", "edgetpu", "json", "npz", "dir")
 # Kinds that are TFLite flatbuffers (an Edge TPU model is one with a custom op).
 MODEL_FILE_KINDS = ("tflite", "edgetpu")
-PRECISIONS = ("float32", "float16", "int8", "dynamic", "int16x8")
+PRECISIONS = ("float32", "float16", "int8", "dynamic", "int16x8", "int4")
 # Keras models that simulate int8 (quantization-aware): they become int8 files only, and
 # their float reference is the model they were made from (their artifact's ``source``).
 QUANTIZATION_AWARE_ROLES = ("model.keras.qat",)

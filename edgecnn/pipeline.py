@@ -69,7 +69,7 @@ from edgecnn.stages.common import METADATA_SECTIONS
 from edgecnn.stage import STAGE_DIR, BuildContext, Cluster, InputFiles, Stage, StageResult
 from edgecnn.errors import DataError, EdgecnnError, ModelFileError
 from edgecnn.export.edgetpu import COMPILER as EDGETPU_COMPILER
-from edgecnn.export.formats import EDGETPU_FORMAT, FORMATS, GATED_FORMAT, float_formats
+from edgecnn.export.formats import EDGETPU_FORMAT, FORMATS, GATED_FORMAT, MIXED_FORMAT, float_formats
 from edgecnn.fileio import (claim_output_dir, clean_stale_temporaries, json_type_name, path_size, sha256_file,
                             write_json_atomic)
 from edgecnn.progress import Progress
@@ -165,13 +165,21 @@ STAGES: tuple[Stage, ...] = (
           tuple(p for f in FORMATS if f.name != "int8" for p in (f.role, f"{f.role}.*")),
           _stages.run_export, lambda r: bool(float_formats(r.export.formats)),
           lambda r: "TFLite " + ", ".join(f.name for f in float_formats(r.export.formats))
-                    + " of every float Keras model (student" + (", pruned" if r.prune else "") + ")"),
+                    + " of every float Keras model (student" + (", pruned" if r.prune else "") + ")",
+          environment=_stages.export_environment, check=_stages.check_export),
     Stage("quantize", ("quantize", "seed", *METADATA_SECTIONS), ("dataset", "model.keras.*"), ("model.tflite.int8", "model.tflite.int8.*"),
           _stages.run_quantize,
           lambda r: r.quantize.int8,
           lambda r: "int8 of every deployable model (student" + (", pruned" if r.prune else "")
                     + (", qat" if r.qat else "") + f"), {r.quantize.io_dtype} I/O, "
                     f"{r.quantize.calibration_samples or r.data.representative_samples} calibration images"),
+    # Per-layer mixed precision named in the recipe: from each float32 file, calibrated like quantize.
+    Stage("mixed", ("quantize", "data", "seed", *METADATA_SECTIONS),
+          ("dataset", "model.keras.*", "model.tflite.float32", "model.tflite.float32.*"),
+          (MIXED_FORMAT.role, f"{MIXED_FORMAT.role}.*"), _stages.run_mixed,
+          lambda r: r.quantize.int8 and bool(r.quantize.mixed),
+          lambda r: "int8 with " + ", ".join(f"{p} in {v}" for p, v in r.quantize.mixed.items()),
+          environment=_stages.gate_environment, check=_stages.check_mixed),
     # The accuracy gate: quantize's int8 files against their float32 sources on the validation
     # split (data), calibrated like quantize (seed); litert-quantizer's version shapes its files.
     Stage("gate", ("quantize", "data", "seed", *METADATA_SECTIONS),
@@ -189,7 +197,8 @@ STAGES: tuple[Stage, ...] = (
                     + ("" if shutil.which(EDGETPU_COMPILER) else " (not on PATH here: skipped, the build goes on)"),
           environment=_stages.edgetpu_environment),
     Stage("evaluate", ("evaluate",), ("dataset", "model.tflite.*"), ("report.evaluation",), _stages.run_evaluate,
-          lambda r: True, lambda r: "test-split accuracy of every .tflite on ai-edge-litert"),
+          lambda r: True, lambda r: "test-split accuracy, MACs and host latency of every .tflite on ai-edge-litert",
+          revision=2),
     # The bundle records the whole recipe's hash and name: every section is in its key.
     Stage("bundle", tuple(Recipe.model_fields), ("dataset", "model.tflite.*", "report.evaluation"), ("bundle",), _stages.run_bundle,
           lambda r: r.export.bundle,
@@ -306,6 +315,8 @@ def _stage_key(stage: Stage, recipe: Recipe, ctx: BuildContext, content: _Conten
     environment = stage.environment(recipe)
     if environment:  # likewise
         payload["environment"] = environment
+    if stage.revision > 1:  # likewise
+        payload["revision"] = stage.revision
     if stage.name == "data":
         from edgecnn.data import dataset_fingerprint
 

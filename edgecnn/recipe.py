@@ -286,13 +286,14 @@ class QuantizeConfig(_Section):
     io_dtype: Literal["int8", "uint8", "float32"] = Field("int8", description="Input/output tensor type of the int8 model.")
     calibration_samples: Optional[int] = Field(None, ge=1, le=10000, description="Calibration images (None = data.representative_samples).")
     max_drop: Optional[float] = Field(None, ge=0.0, le=100.0, description="Accuracy gate, in points: when a post-training int8 model loses more than this against its float source (on the validation split), keep its worst-quantizing layers in float (litert-quantizer, int8 I/O kept) until it does not, writing <model>_int8_gated.tflite; the build fails, listing what was tried, when no attempt meets it. None = no gate.")
+    mixed: dict[str, Literal["float32", "int16x8"]] = Field({}, description="Per-layer mixed precision: Keras layer-name globs of the student and the precision of their ops (float32, or int16x8: int16 activations, int8 weights); everything else is int8, I/O int8. Writes <model>_int8_mixed.tflite with litert-quantizer from the float32 file. A glob that matches no layer is an error naming close layer names.")
     gate_attempts: int = Field(8, ge=1, le=64, description="Candidates the accuracy gate tries at most: the full int8 model, then the 1, 2, ... worst layers kept float.")
 
 
 class ExportConfig(_Section):
     """TFLite export; see edgecnn.export.formats for the table of formats."""
 
-    formats: list[Literal["float32", "float16", "dynamic", "int16x8", "edgetpu"]] = Field(["float32"], description="TFLite flavours to write besides the int8 model: float32, float16 (float16 weights), dynamic (int8 weights, float activations), int16x8 (int16 activations, int8 weights), and edgetpu (the int8 model compiled by edgetpu_compiler; skipped with the reason when the compiler is absent).")
+    formats: list[Literal["float32", "float16", "dynamic", "int16x8", "int4", "edgetpu"]] = Field(["float32"], description="TFLite flavours to write besides the int8 model: float32, float16 (float16 weights), dynamic (int8 weights, float activations), int16x8 (int16 activations, int8 weights), int4 (int4 Conv2D/Dense weights, int8 depthwise weights, float activations; needs the quantize extra), and edgetpu (the int8 model compiled by edgetpu_compiler; skipped with the reason when the compiler is absent).")
     bundle: bool = Field(False, description="Also write a deploy bundle to <run dir>/bundle/: models, labels, golden samples, device runner (see `edgecnn bundle`).")
 
 
@@ -385,6 +386,9 @@ class Recipe(_Section):
         if "edgetpu" in self.export.formats and not self.quantize.int8:
             raise ValueError("export.formats: edgetpu compiles the int8 model, but quantize.int8 is false; "
                              "set quantize.int8: true or remove edgetpu")
+        if self.quantize.mixed and (not self.quantize.int8 or self.quantize.io_dtype != "int8"):
+            raise ValueError("quantize.mixed writes an int8 model with int8 inputs and outputs; set quantize.int8: true "
+                             "and io_dtype: int8, or remove mixed")
         if self.quantize.max_drop is not None:
             # The gate compares int8 files with their float source on held-out images, and its
             # candidates come from litert-quantizer, which writes int8 inputs and outputs.

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from edgecnn.recipe import Recipe
 
 ACCURACY_PLOT_FILE = "accuracy_size.svg"
+COST_PLOT_FILE = "accuracy_latency_size.svg"  # accuracy against latency and size, best variants ringed
 CURVES_PLOT_FILE = "training_curves.svg"
 REPORT_FILE = "report.json"
 REPORT_MD_FILE = "report.md"
@@ -62,7 +63,8 @@ def collect_models(ctx: "BuildContext") -> list[dict]:
                      "source": artifact.source,
                      "evaluated_with": f"{evaluation.get('runtime')} {evaluation.get('runtime_version')}"
                      if evaluated else result.get("status", "not evaluated")})
-        for key in ("gzip_bytes", "weight_sparsity", "pruned_tensors", "pruned_tensors_sparsity", "reference",
+        for key in ("params", "macs", "latency_ms", "gzip_bytes", "weight_sparsity", "pruned_tensors",
+                    "pruned_tensors_sparsity", "reference",
                     "top1_agreement", "flipped", "flipped_to_wrong", "per_class_change_points", "worst_class"):
             if key in result:
                 rows[-1][key] = result[key]
@@ -162,6 +164,8 @@ def write_reports(recipe: "Recipe", ctx: "BuildContext", timings: list[dict],
         "bench": ctx.metrics.get("bench", {}).get("results", []),
         # quantize.max_drop: per int8 file, its drop, what was tried, what stayed float and its cost.
         "gate": ctx.metrics.get("gate", {}).get("models", []),
+        # quantize.mixed: which layers each mixed-precision file holds at which precision.
+        "mixed_precision": ctx.metrics.get("mixed", {}).get("models", []),
         # Stages the recipe asks for that made nothing on this host, with why (a missing tool).
         "skipped": [{"stage": t["stage"], "reason": t["skipped"]} for t in timings if t.get("skipped")],
         # Model files whose Python code the recipe chose to run (the opt-in, e.g. teacher.trust_code).
@@ -192,9 +196,12 @@ def _read_json(path: Path | None) -> dict:
 
 
 def _write_plots(ctx: "BuildContext", models: list[dict]) -> list[Path]:
-    from edgecnn.plots import accuracy_size_chart, training_curves_chart
+    from edgecnn.plots import accuracy_cost_chart, accuracy_size_chart, training_curves_chart
 
     written = [write_text_atomic(ctx.out_dir / ACCURACY_PLOT_FILE, accuracy_size_chart(models))]
+    cost = accuracy_cost_chart(models)
+    if cost is not None:
+        written.append(write_text_atomic(ctx.out_dir / COST_PLOT_FILE, cost))
     curves = {a.name: ctx.metrics_of(a).get("val_accuracy_per_epoch") for a in ctx.artifacts.all(kind="keras")}
     if any(curves.values()):
         written.append(write_text_atomic(ctx.out_dir / CURVES_PLOT_FILE, training_curves_chart(curves)))
@@ -203,6 +210,16 @@ def _write_plots(ctx: "BuildContext", models: list[dict]) -> list[Path]:
 
 def _pct(value) -> str:
     return f"{value * 100:.2f} %" if value is not None else "-"
+
+
+def _count(n) -> str:
+    """1234567 -> 1.23 M: parameters and MACs at a glance."""
+    if n is None:
+        return "-"
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f} {unit}"
+    return str(n)
 
 
 def _size_text(n: int) -> str:
@@ -239,14 +256,21 @@ def render_markdown(report: dict) -> str:
              f"Recipe hash `{report['recipe_hash'][:12]}`, built {report['created_at']}: "
              f"{report['total_wall_s']:.1f} s this build, {report.get('total_compute_s', report['total_wall_s']):.1f} s to compute every stage.",
              "", "## Models", "",
-             "| model | file | precision | I/O | size | gzip | zero weights | test accuracy | evaluated with |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| model | file | precision | I/O | size | gzip | zero weights | parameters | MACs | latency p50 / p90 "
+             "| test accuracy | evaluated with |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for m in report["models"]:
         io = f"{m.get('input_dtype')}/{m.get('output_dtype')}" if m.get("input_dtype") else "float32"
         gz = _size_text(m["gzip_bytes"]) if m.get("gzip_bytes") else "-"
         zeros = f"{m['weight_sparsity']:.1%}" if m.get("weight_sparsity") is not None else "-"
+        lat = m.get("latency_ms")
+        latency = f"{lat['p50']:.3f} / {lat['p90']:.3f} ms" if lat else "-"
         lines.append(f"| {m['name']} | `{m['path']}` | {m['precision']} | {io} | {_size_text(m['size_bytes'])} | "
-                     f"{gz} | {zeros} | {_pct(m['accuracy'])} | {m['evaluated_with']} |")
+                     f"{gz} | {zeros} | {_count(m.get('params'))} | {_count(m.get('macs'))} | {latency} | "
+                     f"{_pct(m['accuracy'])} | {m['evaluated_with']} |")
+    if any(m.get("latency_ms") for m in report["models"]):
+        lines += ["", "Latency: this build host's CPU, 1 thread, batch 1, median and p90 of 50 timed runs after 10 "
+                      "untimed: comparable between rows, not a device figure (`edgecnn bench` measures those)."]
     notes = [m for m in report["models"] if m.get("reason")]
     if notes:
         lines.append("")

@@ -97,6 +97,9 @@ class Stage:
         check: run before the first stage: raises a one-line error for a setting that
             can only be checked against the built model (a layer name), so it fails in
             seconds instead of after training.
+        revision: bumped when the stage's code writes different output for the same
+            inputs (evaluation.json gained latency and MACs: revision 2), so cached results
+            of the older code are not restored; part of the cache key when above 1.
     """
 
     name: str
@@ -111,6 +114,7 @@ class Stage:
     environment: Callable[[Recipe], dict[str, str]] = _no_environment
     trains: Callable[[Recipe], TrainConfig | None] = _no_training
     check: Callable[[Recipe], None] = _no_check
+    revision: int = 1
 
 
 class BuildContext:

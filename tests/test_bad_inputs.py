@@ -158,7 +158,7 @@ _recipe_case("epochs-negative", "name: a\nteacher: {train: {epochs: -1}}\n", "ep
 _recipe_case("section-is-a-list", "name: a\ndata: [1, 2]\n", "data")
 _recipe_case("section-is-a-number", "name: a\nstudent: 3\n", "student")
 _recipe_case("io-dtype-unknown", "name: a\nquantize: {io_dtype: int4}\n", "io_dtype")
-_recipe_case("export-format-unknown", "name: a\nexport: {formats: [int4]}\n", "formats")
+_recipe_case("export-format-unknown", "name: a\nexport: {formats: [int2]}\n", "formats")
 _recipe_case("edgetpu-without-int8", "name: a\nexport: {formats: [edgetpu]}\nquantize: {int8: false}\n", "quantize.int8",
              "remove edgetpu")
 _recipe_case("student-unknown", "name: a\nstudent: {architecture: mobilenet_v9}\n", "mobilenet_v9")

@@ -152,14 +152,16 @@ GATE_TAIL = """\
 quantize:
   max_drop: 0.0
   gate_attempts: 64
+  mixed: {block_16_project: float32, Conv1: int16x8}
 export:
-  formats: [float32]
+  formats: [float32, int4]
 """
 
 
 def test_build_with_a_gate_reports_it_and_keeps_int8_io(tmp_path):
     """`edgecnn build` of a recipe with `quantize.max_drop: 0` (the strictest budget), as a
-    user runs it. Which way the gate goes depends on how this 1-epoch student rounds, so
+    user runs it; one build also checks the other litert-quantizer files (int4 export,
+    quantize.mixed), each evaluated beside the converter's int8 file. Which way the gate goes depends on how this 1-epoch student rounds, so
     both are checked for what each must hold: within budget, no gated file and the report
     says so; else a gated file with int8 I/O whose last attempt meets the budget, evaluated
     on the test split like every file, named in report.md with what stayed float; or, when
@@ -182,9 +184,16 @@ def test_build_with_a_gate_reports_it_and_keeps_int8_io(tmp_path):
         assert "student_int8_layer_error.json" in line and not gated.exists()
         return
     report = json.loads((run / "report.json").read_text())
+    evaluation = json.loads((run / "evaluation.json").read_text())["models"]
+    mixed, int4 = inspect_tflite(run / "student_int8_mixed.tflite"), inspect_tflite(run / "student_int4.tflite")
+    assert mixed.inputs[0].dtype == mixed.outputs[0].dtype == "INT8"
+    assert {"INT16", "FLOAT32"} <= {t.dtype for t in mixed.tensor_types if t.tensors > t.constant_tensors}
+    assert "INT4" in int4.weight_dtypes and int4.inputs[0].dtype == "FLOAT32"
+    for name in ("tflite_int8", "tflite_int8_mixed", "tflite_int4"):
+        assert evaluation[name]["status"] == "evaluated" and evaluation[name]["reference"] == "tflite_float32"
+        assert evaluation[name]["latency_ms"]["p50"] > 0 and evaluation[name]["macs"] > 1e6
     (record,) = report["gate"]
     assert record["model"] == "student_int8.tflite" and record["validation_images"] == 60
-    evaluation = json.loads((run / "evaluation.json").read_text())["models"]
     if record["int8_drop_points"] <= 0.0:
         assert record["gated_model"] is None and not gated.exists()
         assert "within budget, no layer kept float" in (run / "report.md").read_text()
@@ -229,3 +238,75 @@ def test_large_quantizer_output_is_made_inline_and_computes_the_same(tmp_path):
     assert not any(b.Offset() > 1 for b in _raw_buffers(inline))
     np.testing.assert_array_equal(predict(make_interpreter(inline, threads=1), x),
                                   predict(make_interpreter(raw, threads=1), x))
+
+
+def test_int4_row_stores_int4_conv_and_dense_weights_and_int8_depthwise(tmp_path):
+    """The int4 row of the format table (litert-quantizer, weight-only): Conv2D and Dense
+    kernels are stored as INT4, depthwise kernels as INT8, I/O and activations stay float,
+    the file is smaller than the float32 one, and it classifies like it on ai-edge-litert."""
+    from edgecnn._tf import keras
+    from edgecnn.export import requantize
+    from edgecnn.export.formats import get_format
+    from edgecnn.export.tflite import convert, inference_model
+    from edgecnn.tflite.reader import inspect_tflite
+
+    k = keras()
+    k.utils.set_random_seed(0)
+    x, y = _band_data(600, 2)
+    inputs = k.layers.Input((16, 16, 1), name="image")
+    h = k.layers.Conv2D(32, 3, strides=2, activation="relu", name="conv")(inputs)
+    h = k.layers.DepthwiseConv2D(3, activation="relu", name="depthwise")(h)
+    h = k.layers.Conv2D(64, 1, activation="relu", name="pointwise")(h)
+    model = k.Model(inputs, k.layers.Dense(4, name="logits")(k.layers.Flatten()(h)), name="int4")
+    model.compile(k.optimizers.Adam(0.01), k.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x[:500], y[:500], epochs=4, batch_size=50, verbose=0)
+    float_path = convert(inference_model(model), get_format("float32"), tmp_path / "float32.tflite")
+    fmt = get_format("int4")
+    path = tmp_path / fmt.filename
+    path.write_bytes(requantize.quantize_weights(requantize.describe(float_path), fmt.weight_bits))
+    summary = inspect_tflite(path)
+    assert set(summary.weight_dtypes) == {"INT4", "INT8"}, summary.weight_dtypes
+    assert summary.inputs[0].dtype == summary.outputs[0].dtype == "FLOAT32"
+    assert path.stat().st_size < 0.4 * float_path.stat().st_size
+    agreement = np.mean(predict_top1(path, x[500:]) == predict_top1(float_path, x[500:]))
+    assert agreement >= 0.95, agreement
+
+
+def predict_top1(model, x):
+    from edgecnn.runtime.interpreter import make_interpreter, predict
+
+    return predict(make_interpreter(model, threads=1), x).argmax(-1)
+
+
+def test_mixed_precision_puts_named_layers_at_their_precision(bad_model):
+    """quantize.mixed's engine: conv_a at int16x8 (int16 activations), conv_b in float32,
+    the rest int8, I/O int8; and it fixes the bad model as the gate does."""
+    from edgecnn.export import requantize
+    from edgecnn.export.gate import layer_names
+    from edgecnn.runtime.interpreter import make_interpreter
+
+    _, float_path, x_val, y_val, calibration = bad_model
+    described = requantize.describe(float_path)
+    ranges = requantize.calibrate(described, calibration)
+    wanted = {"conv_a": "int16x8", "conv_b": "float32"}
+    precisions = {op: wanted[n] for op in described.op_outputs for n in layer_names(op) if n in wanted}
+    assert sorted(precisions.values()) == ["float32", "int16x8"]
+    model = requantize.quantize_int8(described, ranges, precisions=precisions)
+    interpreter = make_interpreter(model, threads=1)
+    dtypes = {d["name"]: d["dtype"] for d in interpreter.get_tensor_details()}
+    conv_a_out = next(op for op, p in precisions.items() if p == "int16x8")
+    assert dtypes[conv_a_out] == np.int16
+    assert interpreter.get_input_details()[0]["dtype"] == interpreter.get_output_details()[0]["dtype"] == np.int8
+    assert abs(_accuracy(model, x_val, y_val) - _accuracy(float_path, x_val, y_val)) <= 0.02
+
+
+def test_mixed_pattern_matching_no_layer_fails_before_training(tmp_path):
+    """A quantize.mixed glob that names no student layer: one line naming it and close
+    layer names, exit 2, before any stage runs (no run directory content)."""
+    from helpers import assert_one_line_error, write_teacher_path_recipe
+
+    recipe = write_teacher_path_recipe(tmp_path, "mixed", 0, 50, "quantize:\n  mixed: {'block_16_projct': float32}\n")
+    run = tmp_path / "run"
+    proc = run_edgecnn("build", str(recipe), "--out", str(run))
+    assert_one_line_error(proc, 2, "quantize.mixed", "'block_16_projct'", "block_16_project", build=True)
+    assert not (run / "student.keras").exists()

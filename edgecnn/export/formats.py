@@ -21,6 +21,9 @@ class ExportFormat:
         supported_types: ``target_spec.supported_types`` (``float16`` for float16 weights).
         ops: ``target_spec.supported_ops`` (names of ``tf.lite.OpsSet``); empty = the default.
         io: input/output type: ``float32``, or ``recipe`` (``quantize.io_dtype``).
+        tool: what writes it: ``converter`` (TensorFlow's, from the Keras model) or
+            ``litert-quantizer`` (Google's LiteRT quantizer, from the float32 file; the
+            ``quantize`` extra), with ``weight_bits`` for its weight-only rows.
     """
 
     name: str
@@ -34,6 +37,8 @@ class ExportFormat:
     supported_types: tuple[str, ...] = ()
     ops: tuple[str, ...] = ()
     io: str = "float32"
+    tool: str = "converter"
+    weight_bits: int = 0
 
     @property
     def role(self) -> str:
@@ -67,6 +72,11 @@ FORMATS: tuple[ExportFormat, ...] = (
                  optimize=True, ops=("EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8",)),
     ExportFormat("int8", "student_int8.tflite", "int8", True, "full-integer int8 weights and activations (CPU, Edge TPU, NPUs)",
                  optimize=True, ops=("TFLITE_BUILTINS_INT8",), io="recipe"),
+    # Weight-only: the converter cannot write int4. Depthwise kernels stay int8 (9 weights a
+    # channel: int4 would cost accuracy for a few bytes).
+    ExportFormat("int4", "student_int4.tflite", "int4", False,
+                 "int4 weights for Conv2D and Dense, int8 depthwise weights, float activations (smallest file)",
+                 tool="litert-quantizer", weight_bits=4),
 )
 
 
@@ -83,9 +93,15 @@ EDGETPU_FORMAT = ExportFormat("edgetpu", "student_int8_edgetpu.tflite", "int8", 
 # its own beside the int8 one, so a build holds both (and its report compares them).
 GATED_FORMAT = ExportFormat("int8_gated", "student_int8_gated.tflite", "int8", True,
                             "int8 with the layers that broke quantize.max_drop kept float (int8 I/O)",
-                            optimize=True, io="int8")
+                            optimize=True, io="int8", tool="litert-quantizer")
 
-_ALL = (*FORMATS, EDGETPU_FORMAT, GATED_FORMAT)
+# Per-layer mixed precision named in the recipe (``quantize.mixed``): int8 with the listed
+# layers in float32 or int16x8, by litert-quantizer from the float32 file (int8 I/O).
+MIXED_FORMAT = ExportFormat("int8_mixed", "student_int8_mixed.tflite", "int8", True,
+                            "int8 with the layers named in quantize.mixed at their precision (int8 I/O)",
+                            optimize=True, io="int8", tool="litert-quantizer")
+
+_ALL = (*FORMATS, EDGETPU_FORMAT, GATED_FORMAT, MIXED_FORMAT)
 
 
 def get_format(name: str) -> ExportFormat:

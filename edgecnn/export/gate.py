@@ -82,6 +82,12 @@ def layer_key(tensor_name: str) -> str:
     return parts[-2] if len(parts) >= 3 else ""
 
 
+def layer_names(tensor_name: str) -> set[str]:
+    """Every Keras layer named in an op's (fused) output tensor name: a convolution fused
+    with its BatchNorm names both (``block_16_project_BN/...;block_16_project/Conv2D``)."""
+    return {parts[-2] for part in tensor_name.split(";") if len(parts := part.split("/")) >= 3}
+
+
 def rank_layers(model, calibration: np.ndarray, float_ops: Sequence[str]) -> list[LayerError]:
     """The quantized ops of ``model`` (a tf_keras inference model), worst first, with the
     float file's op outputs of each (``float_ops``: :attr:`FloatModel.op_outputs`).
@@ -168,18 +174,9 @@ def node_data(ranked: Sequence[LayerError], name: str) -> dict:
                          {"stop": 1, "bgColor": "#ef9a9a"}]}
 
 
-def host_latency_ms(model: bytes, sample: np.ndarray, runs: int = 50, warmup: int = 5) -> float:
-    """Median latency (ms) of ``model`` on one thread of this host, batch 1: what keeping
-    layers float costs, measured the way the report's latency column is."""
-    from edgecnn.runtime.interpreter import input_specs, make_interpreter, quantize_input
+def host_latency_ms(model: bytes, sample: np.ndarray) -> float:
+    """Median latency (ms) of ``model``, 1 thread, 50 runs: what keeping layers float costs,
+    measured the way the report's latency column is."""
+    from edgecnn.runtime.interpreter import host_latency
 
-    interpreter = make_interpreter(model, threads=1)
-    spec = input_specs(interpreter)[0]
-    interpreter.set_tensor(spec.index, quantize_input(sample[:1], spec))
-    times = []
-    for i in range(warmup + runs):
-        start = time.perf_counter()
-        interpreter.invoke()
-        if i >= warmup:
-            times.append((time.perf_counter() - start) * 1e3)
-    return float(np.median(times))
+    return host_latency(model, sample)["p50"]

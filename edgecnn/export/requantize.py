@@ -106,20 +106,49 @@ def calibrate(model: FloatModel, images: np.ndarray, threads: int = 1) -> dict:
     return calib.get_model_qsvs()
 
 
-def quantize_int8(model: FloatModel, ranges: dict, keep_float: Iterable[str] = ()) -> bytes:
+# Per-op precisions besides int8 that a full-integer model can mix in.
+MIXED_PRECISIONS = ("float32", "int16x8")
+
+
+def quantize_int8(model: FloatModel, ranges: dict, keep_float: Iterable[str] = (),
+                  precisions: dict[str, str] | None = None) -> bytes:
     """Full-integer int8 (int8 I/O, per-channel weights) of ``model`` with the ops whose
-    output tensor is named in ``keep_float`` left in float32 (dequantized around them)."""
+    output tensor is named in ``keep_float`` left in float32 (dequantized around them), and
+    the ops named in ``precisions`` at theirs (``float32``, or ``int16x8``: int16
+    activations with int8 weights; the quantizer inserts the conversions between them)."""
     from litert_quantizer import qtyping, quantizer, recipe
 
     q = quantizer.Quantizer(str(model.path), recipe.static_wi8_ai8())
-    for name in keep_float:
+    every_op = qtyping.TFLOperationName.ALL_SUPPORTED
+    wanted = {**(precisions or {}), **{name: "float32" for name in keep_float}}
+    for name, precision in wanted.items():
         # The quantizer matches an op by its "scope": its output tensor names, each followed by ";".
-        q.update_quantization_recipe(regex=f"(^|;){re.escape(name)};", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
-                                     algorithm_key=_FLOAT)
+        scope = f"(^|;){re.escape(name)};"
+        if precision == "float32":
+            q.update_quantization_recipe(regex=scope, operation_name=every_op, algorithm_key=_FLOAT)
+        elif precision == "int16x8":
+            q.add_static_config(regex=scope, operation_name=every_op, activation_num_bits=16, weight_num_bits=8)
+        else:
+            raise ValueError(f"precision {precision!r} is not one of {', '.join(MIXED_PRECISIONS)}")
     with _quiet():
         model_bytes = bytes(q.quantize(ranges, enable_progress_report=False).quantized_model)
     # Models with over 256 KiB of weights come back with them stored after the flatbuffer,
     # which older runtimes and the metadata writer do not read: move them inside.
+    return inline_buffers(model_bytes)
+
+
+def quantize_weights(model: FloatModel, bits: int, depthwise_bits: int = 8) -> bytes:
+    """Weight-only quantization of ``model``: Conv2D and Dense weights to ``bits`` (per
+    channel), depthwise weights to ``depthwise_bits``; activations and compute stay float.
+    Needs no calibration."""
+    from litert_quantizer import qtyping, quantizer
+
+    q = quantizer.Quantizer(str(model.path))
+    ops = qtyping.TFLOperationName
+    for op, n in ((ops.CONV_2D, bits), (ops.FULLY_CONNECTED, bits), (ops.DEPTHWISE_CONV_2D, depthwise_bits)):
+        q.add_weight_only_config(regex=".*", operation_name=op, num_bits=n)
+    with _quiet():
+        model_bytes = bytes(q.quantize(enable_progress_report=False).quantized_model)
     return inline_buffers(model_bytes)
 
 

@@ -416,3 +416,26 @@ def predict_classes(path: str | os.PathLike, x_float: np.ndarray, num_threads: i
     interpreter = make_interpreter(path, runtime=runtime, threads=num_threads)
     scores = predict(interpreter, x_float, batch_size=batch_size)
     return scores.reshape(len(x_float), -1).argmax(axis=-1)
+
+
+def host_latency(model: str | os.PathLike | bytes, sample: np.ndarray, threads: int = 1, runs: int = 50,
+                 warmup: int = 10) -> dict:
+    """Latency (ms) of one batch-1 inference of ``model`` on this host's CPU: median and p90
+    of ``runs`` timed ``invoke()`` calls after ``warmup`` untimed ones, on ``sample[:1]``.
+
+    One thread by default: what a small device core sees, and the figure least disturbed by
+    other work on the machine. Timings are of ``invoke()`` only, as the device runner's.
+    """
+    import time
+
+    interpreter = make_interpreter(model, threads=threads)
+    spec = input_specs(interpreter)[0]
+    interpreter.set_tensor(spec.index, quantize_input(np.asarray(sample[:1], np.float32), spec))
+    times = []
+    for i in range(warmup + runs):
+        start = time.perf_counter()
+        interpreter.invoke()
+        if i >= warmup:
+            times.append((time.perf_counter() - start) * 1e3)
+    p50, p90 = np.percentile(times, [50, 90])
+    return {"p50": round(float(p50), 4), "p90": round(float(p90), 4), "runs": runs, "threads": threads}

@@ -995,6 +995,58 @@ def weight_sparsity(path: str | os.PathLike, block: int | None = None) -> list[W
         raise ModelFileError(f"{label}: malformed weights ({exc}); {_FIX_CORRUPT}") from None
 
 
+def count_macs(path: str | os.PathLike) -> int:
+    """Multiply-accumulates of one inference (batch 1), from the file's shapes: CONV_2D
+    (output pixels x output channels x kernel area x input channels), DEPTHWISE_CONV_2D
+    (output pixels x channels x kernel area) and FULLY_CONNECTED (rows x units x inputs), the
+    ops that hold nearly all of a CNN's arithmetic. What channel pruning lowers and magnitude
+    pruning does not (TFLite's int8 kernels multiply the zeros too).
+
+    Raises:
+        ModelFileError: the file is not a well-formed TFLite model.
+    """
+    label = os.fspath(path)
+    inspect_tflite(path)
+    with open(path, "rb") as fh:
+        data = fh.read()
+    model = FlatBuffer(data, TFLITE_SCHEMA).root("Model")
+    try:
+        opcodes = [max(oc.scalar("deprecated_builtin_code", INT8, 0), oc.scalar("builtin_code", INT32, 0))
+                   for oc in model.tables("operator_codes", "OperatorCode")]
+        total = 0
+        for g in model.tables("subgraphs", "SubGraph"):
+            tensors = list(g.tables("tensors", "Tensor"))
+
+            def shape(op, which: str, index: int) -> tuple[int, ...]:
+                i = op.element(which, INT32, index)
+                if i is None or i < 0:
+                    return ()
+                t = tensors[_check_index(i, len(tensors), f"{op.what}.{which}")]
+                return tuple(max(1, int(d)) for d in t.numbers("shape", "i", _MAX_RANK))
+
+            for op in g.tables("operators", "Operator"):
+                index = op.scalar("opcode_index", UINT32, 0)
+                code = opcodes[index] if index < len(opcodes) else -1
+                name = _WEIGHT_OP_CODES.get(code)
+                if name not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+                    continue
+                weight, out = shape(op, "inputs", 1), shape(op, "outputs", 0)
+                if not weight or not out:
+                    continue
+                if name == "CONV_2D" and len(weight) == 4 and len(out) == 4:  # weight [O, H, W, I]
+                    total += out[1] * out[2] * weight[0] * weight[1] * weight[2] * weight[3]
+                elif name == "DEPTHWISE_CONV_2D" and len(weight) == 4 and len(out) == 4:  # weight [1, H, W, O]
+                    total += out[1] * out[2] * weight[3] * weight[1] * weight[2]
+                elif name == "FULLY_CONNECTED" and len(weight) == 2:  # weight [units, inputs]
+                    rows = 1
+                    for d in out[:-1]:
+                        rows *= d
+                    total += rows * weight[0] * weight[1]
+        return int(total)
+    except (MalformedFlatbuffer, struct.error, IndexError, OverflowError, ValueError) as exc:
+        raise ModelFileError(f"{label}: malformed operators ({exc}); {_FIX_CORRUPT}") from None
+
+
 def sparsity_summary(rows: list[WeightSparsity], min_sparsity: float = 0.0) -> dict:
     """Global sparsity of all weight tensors, and of those at least ``min_sparsity`` sparse
     (the pruned ones), for reports."""
