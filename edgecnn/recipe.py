@@ -386,6 +386,14 @@ class Recipe(_Section):
         if "edgetpu" in self.export.formats and not self.quantize.int8:
             raise ValueError("export.formats: edgetpu compiles the int8 model, but quantize.int8 is false; "
                              "set quantize.int8: true or remove edgetpu")
+        if "edgetpu" in self.export.formats:
+            # The Edge TPU runs int8 only; int4 weights and int16 activations have no Edge TPU
+            # kernels (and tflite-runtime 2.14, the runtime of Coral set-ups, refuses both files).
+            other = [f for f in ("int4", "int16x8") if f in self.export.formats]
+            other += ["quantize.mixed int16x8"] if "int16x8" in self.quantize.mixed.values() else []
+            if other:
+                raise ValueError(f"export.formats: edgetpu cannot run {' or '.join(other)} (the Edge TPU runs int8 "
+                                 "only); build those in a recipe of their own, or remove edgetpu")
         if self.quantize.mixed and (not self.quantize.int8 or self.quantize.io_dtype != "int8"):
             raise ValueError("quantize.mixed writes an int8 model with int8 inputs and outputs; set quantize.int8: true "
                              "and io_dtype: int8, or remove mixed")

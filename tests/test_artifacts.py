@@ -71,7 +71,7 @@ def test_artifact_names_and_validation():
                                                      "model.tflite.int8", "report.evaluation", "bench_samples.30")] \
         == ["dataset", "student", "pruned", "tflite_int8", "evaluation", "bench_samples_30"]
     for bad in (dict(role="model..x", kind="keras"), dict(role="m", kind="pickle"),
-                dict(role="m", kind="tflite", precision="int4")):
+                dict(role="m", kind="tflite", precision="int2")):
         with pytest.raises(ValueError):
             Artifact(path="x", **bad)
 

@@ -181,6 +181,11 @@ _recipe_case("max-drop-without-validation", "name: a\nquantize: {max_drop: 0.5}\
              "data.validation_fraction")
 _recipe_case("max-drop-without-int8", "name: a\nquantize: {max_drop: 0.5, int8: false}\n", "quantize.int8")
 _recipe_case("gate-attempts-zero", "name: a\nquantize: {max_drop: 0.5, gate_attempts: 0}\n", "gate_attempts")
+_recipe_case("edgetpu-with-int4", "name: a\nexport: {formats: [edgetpu, int4]}\n", "edgetpu cannot run int4",
+             "recipe of their own")
+_recipe_case("edgetpu-with-int16x8", "name: a\nexport: {formats: [int16x8, edgetpu]}\n", "edgetpu cannot run int16x8")
+_recipe_case("edgetpu-with-mixed-int16", "name: a\nexport: {formats: [edgetpu]}\nquantize: {mixed: {Conv1: int16x8}}\n",
+             "quantize.mixed int16x8")
 _recipe_case("bench-target-scheme", "name: a\nbench: [{target: 'ftp://pi'}]\n", "ftp://pi")
 _recipe_case("bench-target-not-a-list", "name: a\nbench: {target: local}\n", "bench")
 _recipe_case("bench-runs-zero", "name: a\nbench: [{target: local, runs: 0}]\n", "runs")

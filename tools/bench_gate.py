@@ -120,7 +120,8 @@ def main(argv=None) -> int:
         figures["test_accuracy"] = {"float32": accuracy(float_path, x_test, y_test),
                                     "int8": accuracy(int8_path, x_test, y_test)}
         if result.model is not None:
-            gated = Path(tmp) / "gated.tflite"
+            args.out.mkdir(parents=True, exist_ok=True)
+            gated = args.out / "bench_gate_gated.tflite"  # kept: tools/bench_quantize_paths.py --extra
             gated.write_bytes(result.model)
             summary = inspect_tflite(gated)
             figures["gated_io"] = [summary.inputs[0].dtype, summary.outputs[0].dtype]
