@@ -66,6 +66,11 @@ def run_gate(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
     calibration = calibration_images(recipe, ctx)
     int8, float32 = get_format("int8"), get_format("float32")
     produced, records = [], []
+    resolution = 100 / max(1, len(y_val))  # points one validation image is worth
+    if cfg.max_drop < resolution:
+        ctx.progress.line(f"    note: one of the {len(y_val)} validation images is {resolution:.2f} points, more than "
+                          f"quantize.max_drop {cfg.max_drop:g}: the gate decides on one or two images; hold out more "
+                          f"(data.validation_fraction) for a budget this fine")
     for source in deployable_models(ctx, quantization_aware=False):
         quantized = ctx.artifacts.get(int8.role_for(source.name))
         if quantized is None:
@@ -83,8 +88,8 @@ def run_gate(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
             int8_acc = _accuracy(quantized.path, x_val, y_val)
             drop = round((float_acc - int8_acc) * 100, 3)
             record.update(float_accuracy=round(float_acc, 5), int8_accuracy=round(int8_acc, 5), int8_drop_points=drop)
-            ctx.progress.line(f"    {quantized.path.name}: {int8_acc:.2%} on {len(y_val)} validation images, "
-                              f"{drop:+.2f} points below {Path(float_path).name if exported else 'its float model'} "
+            ctx.progress.line(f"    {quantized.path.name}: {int8_acc:.2%} on {len(y_val)} validation images, drop "
+                              f"{drop:+.2f} points against {Path(float_path).name if exported else 'its float model'} "
                               f"({float_acc:.2%}); budget {cfg.max_drop:g}")
             if drop <= cfg.max_drop:
                 record.update(passed=True, gated_model=None, kept_float=[], attempts=[])
