@@ -102,8 +102,15 @@ def host_accuracy(model: Path, samples: Path) -> float:
         return float(evaluate_tflite(model, npz["x"], npz["y"], num_threads=1))
 
 
-def check_against_reference(result: dict, row: Reference, host_acc: float | None = None) -> None:
-    """The shared assertions: ok, not throttled, within the row's limits, accuracy as on the host."""
+def check_against_reference(result: dict, row: Reference, host_acc: float | None = None,
+                            inputs: Path | None = None) -> None:
+    """The shared assertions: ok, not throttled, within the row's limits, accuracy as on the host.
+
+    ``inputs``: the ``.npz`` the benchmark was given. Then the runner must return the
+    device-side accuracy on all its samples (its absence is a failure, not a skipped
+    check), and the row's accuracy floor and ``host_acc`` are checked against it.
+    Without inputs (benchmark_model on Android feeds random data) no accuracy is checked.
+    """
     assert result["status"] == "ok", result["reason"]
     thermal = result.get("thermal") or {}
     assert not thermal.get("throttled"), (
@@ -113,10 +120,17 @@ def check_against_reference(result: dict, row: Reference, host_acc: float | None
     p50 = lat["p50"] if lat.get("p50") is not None else lat["mean"]
     if row.p50_ms_max is not None:
         assert p50 <= row.p50_ms_max, f"{row.id}: p50 {p50:.3f} ms > reference limit {row.p50_ms_max} ms"
-    if row.accuracy_min is not None and result.get("accuracy") is not None:
+    if inputs is None:
+        assert host_acc is None, "host_acc needs the inputs the device was given"
+        return
+    with np.load(inputs) as npz:
+        samples = len(npz["y"])
+    assert result.get("accuracy") is not None, f"{row.id}: inputs were given but the runner returned no accuracy"
+    assert result["samples"] == samples, (result["samples"], samples)
+    if row.accuracy_min is not None:
         assert result["accuracy"] >= row.accuracy_min, (
             f"{row.id}: accuracy {result['accuracy']:.4f} < reference floor {row.accuracy_min}")
-    if host_acc is not None and result.get("accuracy") is not None:
+    if host_acc is not None:
         # Same int8 arithmetic everywhere; different kernels (XNNPACK, 32-bit builds) may
         # flip a rare near-tie, never more than half a point on 500 images.
         assert abs(result["accuracy"] - host_acc) <= 0.005, (result["accuracy"], host_acc)

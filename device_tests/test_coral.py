@@ -9,6 +9,9 @@ from __future__ import annotations
 import pytest
 from device_checks import check_against_reference, model_or_skip, reference_rows, samples_for
 
+from edgecnn.runtime.runner import EDGETPU_CUSTOM_OP
+from edgecnn.tflite.reader import inspect_tflite
+
 ROWS = reference_rows("coral_usb.csv")
 
 
@@ -24,11 +27,18 @@ def test_coral_meets_the_reference(row, coral_target, tmp_path_factory):
     cpu_accuracy = None
     if source.is_file():
         cpu = run_benchmark(source, "local", threads=1, runs=5, warmup=1, timeout_s=300, inputs_npz=samples)
-        # The Edge TPU's int8 arithmetic may round differently from the CPU's kernels.
+        assert cpu["status"] == "ok" and cpu["accuracy"] is not None, cpu["reason"]
         cpu_accuracy = cpu["accuracy"]
-    check_against_reference(result, row)
+    check_against_reference(result, row, inputs=samples)
     assert result["delegate"] and result["delegate"].startswith("edgetpu:")
+    # The delegate took the nodes (as the Android check asks of benchmark_model): the
+    # compiled file's work sits in edgetpu-custom-op nodes, which no CPU kernel can run,
+    # so a run that returned outputs for every sample ran them on the Edge TPU delegate.
+    summary = inspect_tflite(model)
+    assert summary.op_counts.get(EDGETPU_CUSTOM_OP, 0) >= 1, summary.op_counts
+    assert result["samples"] > 0 and result["outputs_sha256"], result
     if cpu_accuracy is not None:
+        # The Edge TPU's int8 arithmetic may round differently from the CPU's kernels.
         assert abs(result["accuracy"] - cpu_accuracy) <= 0.01, (result["accuracy"], cpu_accuracy)
 
 

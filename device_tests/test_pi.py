@@ -22,7 +22,7 @@ def test_pi_meets_the_reference(row, pi_target, pi_ssh, tmp_path_factory):
     samples = samples_for(model, tmp_path_factory.mktemp("samples"))
     result = run_benchmark(model, pi_target, threads=row.threads, runs=200, warmup=20, timeout_s=600,
                            inputs_npz=samples, ssh=pi_ssh)
-    check_against_reference(result, row, host_accuracy(model, samples))
+    check_against_reference(result, row, host_accuracy(model, samples), inputs=samples)
     # Copy and start-up are reported apart from latency.
     assert result["transfer_s"] is not None and result["startup_s"] is not None
 

@@ -197,7 +197,7 @@ STAGES: tuple[Stage, ...] = (
                     + ("" if shutil.which(EDGETPU_COMPILER) else " (not on PATH here: skipped, the build goes on)"),
           environment=_stages.edgetpu_environment),
     Stage("evaluate", ("evaluate",), ("dataset", "model.tflite.*"), ("report.evaluation",), _stages.run_evaluate,
-          lambda r: True, lambda r: "test-split accuracy, MACs and host latency of every .tflite on ai-edge-litert",
+          lambda r: True, lambda r: "test-split accuracy and MACs of every .tflite on ai-edge-litert",
           revision=2),
     # The bundle records the whole recipe's hash and name: every section is in its key.
     Stage("bundle", tuple(Recipe.model_fields), ("dataset", "model.tflite.*", "report.evaluation"), ("bundle",), _stages.run_bundle,

@@ -98,7 +98,7 @@ class Stage:
             can only be checked against the built model (a layer name), so it fails in
             seconds instead of after training.
         revision: bumped when the stage's code writes different output for the same
-            inputs (evaluation.json gained latency and MACs: revision 2), so cached results
+            inputs (evaluation.json gained parameters and MACs: revision 2), so cached results
             of the older code are not restored; part of the cache key when above 1.
     """
 

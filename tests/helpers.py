@@ -145,7 +145,7 @@ FASHION_LABELS = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal
 
 def build_tiny_classifier(directory: Path, io_dtype: str = "int8", metadata: bool = True,
                           size: int = 32, channels: int = 3) -> Path:
-    """A small 10-class image classifier .tflite (int8 via edgecnn's converter, or float32).
+    """A small 10-class image classifier .tflite (int8/uint8 via edgecnn's converter, float32 or float16).
 
     The network is untrained but not trivial (conv + pooling + dense + softmax), so its
     outputs differ between inputs. With ``metadata`` it carries FASHION_LABELS and
@@ -165,8 +165,8 @@ def build_tiny_classifier(directory: Path, io_dtype: str = "int8", metadata: boo
     x = k.layers.GlobalAveragePooling2D()(x)
     model = inference_model(k.Model(inputs, k.layers.Dense(len(FASHION_LABELS))(x), name="tiny"))
     path = Path(directory) / f"tiny_{io_dtype}.tflite"
-    if io_dtype == "float32":
-        convert_float(model, get_format("float32"), path)
+    if io_dtype in ("float32", "float16"):  # float16: float16 weights, float32 I/O
+        convert_float(model, get_format(io_dtype), path)
     else:
         calibration = np.random.RandomState(0).uniform(-1, 1, (32, size, size, channels)).astype(np.float32)
         convert_int8(model, calibration, io_dtype, path)
@@ -176,6 +176,63 @@ def build_tiny_classifier(directory: Path, io_dtype: str = "int8", metadata: boo
         write_metadata(path, FASHION_LABELS, ([127.5], [127.5]), input_color="RGB" if channels == 3 else "GRAYSCALE",
                        name="tiny", description="test classifier", version="0.0.1", out=path)
     return path
+
+
+# ------------------------------------------------------------------ run directories and bundles
+
+TINY_NORMALIZATION = {"formula": "(pixel - mean) / std", "pixel_range": [0, 255], "mean": [127.5] * 3,
+                      "std": [127.5] * 3}
+
+
+def write_tiny_run_dir(run: Path, precisions: tuple[str, ...] = ("int8", "float32"),
+                       accuracy: dict | None = None, test_images: int = 12, recipe: bool = False) -> Path:
+    """A run directory as a build leaves it, holding only the files a bundle reads; no training.
+
+    ``student_<precision>.tflite`` for each of ``precisions`` (build_tiny_classifier's network),
+    ``dataset.json`` (FASHION_LABELS, 32x32x3, mean/std 127.5) and ``evaluation.json``
+    (``accuracy``: ``{"tflite_int8": 0.1, ...}``, else no model figures). With ``recipe``,
+    ``manifest.json`` holds TINY_RECIPE, so a bundle takes its golden images from the real
+    Fashion-MNIST test split; without it, pass ``dataset=`` to ``write_bundle`` (tiny_bundle).
+    """
+    import json
+    import shutil
+
+    run.mkdir(parents=True, exist_ok=True)
+    for precision in precisions:
+        shutil.move(build_tiny_classifier(run, precision), run / f"student_{precision}.tflite")
+    (run / "dataset.json").write_text(json.dumps({"class_names": list(FASHION_LABELS), "input_shape": [32, 32, 3],
+                                                  "normalization": TINY_NORMALIZATION}))
+    models = {name: {"accuracy": value} for name, value in (accuracy or {}).items()}
+    (run / "evaluation.json").write_text(json.dumps({"runtime": "ai-edge-litert", "runtime_version": "2.3.0",
+                                                     "test_images": test_images, "models": models}))
+    if recipe:
+        import yaml
+
+        from edgecnn.recipe import validate_recipe
+
+        manifest = {"recipe": validate_recipe(yaml.safe_load(TINY_RECIPE)).to_dict()}
+        (run / "manifest.json").write_text(json.dumps(manifest))
+    return run
+
+
+def tiny_bundle(folder: Path, precisions: tuple[str, ...] = ("int8", "float32"), samples: int = 12,
+                seed: int = 3) -> Path:
+    """``folder/bundle``: a real bundle (edgecnn's write_bundle) of write_tiny_run_dir's models, whose
+    ``samples`` golden images are seeded random pixels (no data set needed)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import yaml
+
+    from edgecnn.export.bundle import write_bundle
+    from edgecnn.recipe import validate_recipe
+
+    rng = np.random.RandomState(seed)
+    images = SimpleNamespace(x_test=rng.randint(0, 256, (samples, 32, 32, 3)).astype(np.uint8),
+                             y_test=rng.randint(0, 10, samples))
+    run = write_tiny_run_dir(folder / "run", precisions, test_images=samples)
+    return write_bundle(run, folder / "bundle", model="all" if len(precisions) > 1 else precisions[0],
+                        samples=samples, recipe=validate_recipe(yaml.safe_load(TINY_RECIPE)), dataset=images)
 
 
 # ------------------------------------------------------------------ benchmark models

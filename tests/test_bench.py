@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import assert_one_line_error, assert_raised_error
+from helpers import assert_one_line_error, assert_raised_error, run_edgecnn
 
 from edgecnn.runtime import runner as rn
 from edgecnn.bench.local import run_local
@@ -46,7 +46,6 @@ from edgecnn.targets import parse_target
 from edgecnn.errors import DeviceError, ModelFileError
 
 REPO = Path(__file__).resolve().parents[1]
-EDGECNN = [sys.executable, "-m", "edgecnn.cli"]
 LOCAL = parse_target("local")  # the transports take parsed targets (the text is parsed where it enters)
 
 
@@ -690,7 +689,7 @@ def test_parse_edgetpu_log_failure_and_segments():
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*EDGECNN, *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+    return run_edgecnn(*args, cwd=REPO, timeout=120)
 
 
 def test_bench_help_does_not_import_tensorflow():

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import assert_failed_result, assert_raised_error
+from helpers import assert_failed_result, assert_raised_error, free_port
 
 from edgecnn.bench.adb import (
     DEVICE_BENCHMARK_MODEL,
@@ -35,18 +34,12 @@ from edgecnn.targets import parse_target
 ADB = shutil.which("adb")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def real_adb(monkeypatch):
     """The real adb on a private server port; the server is killed afterwards."""
     if ADB is None:
         pytest.skip("adb is not installed; 'bash tools/dev.sh test' installs it (or apt-get install adb)")
-    port = str(_free_port())
+    port = str(free_port())
     monkeypatch.setenv("ANDROID_ADB_SERVER_PORT", port)
     env = {**os.environ, "ANDROID_ADB_SERVER_PORT": port}
     started = subprocess.run([ADB, "start-server"], capture_output=True, text=True, timeout=60, env=env)

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import getpass
 import json
-import socket
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from helpers import toy_band_data
+from helpers import free_port, toy_band_data
 
 from edgecnn.artifacts import Artifact
 from edgecnn.bench.schema import load_results
@@ -86,19 +85,13 @@ def test_bench_changes_only_the_bench_cache_key(tmp_path):
 # ----------------------------------------------------------------------------- stage
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_bench_stage_records_every_target_and_survives_a_failed_one(tmp_path, bench_models):
     from edgecnn.data.preprocess import NormalizationSpec
     from edgecnn.report import render_markdown
     from edgecnn.runtime.interpreter import evaluate_tflite
     from edgecnn.stages import run_bench
 
-    closed = f"ssh://{getpass.getuser()}@127.0.0.1:{_closed_port()}"
+    closed = f"ssh://{getpass.getuser()}@127.0.0.1:{free_port()}"
     recipe = validate_recipe({"name": "t", "bench": [
         {"target": "local", "runs": 20, "warmup": 2, "samples": 30},
         {"target": closed, "runs": 5, "samples": 30, "timeout_s": 30}]})

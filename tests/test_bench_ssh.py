@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-from helpers import assert_failed_result, assert_raised_error
+from helpers import assert_failed_result, assert_raised_error, free_port, run_edgecnn
 
 from edgecnn.bench.harness import run_benchmark, run_benchmarks
 from edgecnn.bench.schema import load_results, validate_result
@@ -53,12 +53,6 @@ class SshServer:
     other_key: Path  # a key the server does not accept
     host_key_pub: str
     directory: Path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _keygen(path: Path) -> Path:
@@ -94,7 +88,7 @@ def _start_sshd(directory: Path, sftp: bool):
     other_key = _keygen(directory / "other_key")
     (directory / "authorized_keys").write_text((directory / "user_key.pub").read_text())
     host_pub = (directory / "host_key.pub").read_text().split()
-    port = _free_port()
+    port = free_port()
     known_hosts = directory / "known_hosts"
     known_hosts.write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
     config = directory / "sshd_config"
@@ -238,7 +232,7 @@ def test_changed_host_key_is_refused_even_with_accept_new(sshd, bench_models, tm
 
 
 def test_unreachable_host_is_one_line_within_seconds(sshd, bench_models):
-    closed = _free_port()  # nothing listens there
+    closed = free_port()  # nothing listens there
     start = time.monotonic()
     r = run_benchmark(bench_models["int8"], f"ssh://{getpass.getuser()}@127.0.0.1:{closed}", runs=5,
                       ssh=sshd.options)
@@ -273,12 +267,12 @@ def test_remote_hang_times_out_and_the_next_target_still_runs(sshd, bench_models
     out = tmp_path / "results.jsonl"
     opts = sshd.options
     start = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-m", "edgecnn.cli", "bench", str(bench_models["int8"]), "--target", sshd.target,
-         "--target", "local", "--runs", "5", "--warmup", "0", "--timeout", "3", "--out", str(out),
-         "--identity", str(opts.identity), "--known-hosts", str(opts.known_hosts),
-         "--remote-python", opts.remote_python, "--debug-hang-target", sshd.target],
-        cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = run_edgecnn(
+        "bench", str(bench_models["int8"]), "--target", sshd.target,
+        "--target", "local", "--runs", "5", "--warmup", "0", "--timeout", "3", "--out", str(out),
+        "--identity", str(opts.identity), "--known-hosts", str(opts.known_hosts),
+        "--remote-python", opts.remote_python, "--debug-hang-target", sshd.target,
+        cwd=REPO, timeout=120)
     elapsed = time.monotonic() - start
     assert proc.returncode == 5, proc.stderr
     assert "1 of 2 targets failed: " + sshd.target in proc.stderr

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from xml.etree import ElementTree
 
 import numpy as np
 import pytest
-from helpers import assert_one_line_error, write_tiny_recipe
+from helpers import EDGECNN_COMMAND, assert_one_line_error, run_edgecnn, write_tiny_recipe
 
 from edgecnn.errors import ModelFileError
 from edgecnn.fileio import sha256_file
@@ -49,7 +48,7 @@ def test_every_stage_ran_and_report_lists_models(built):
     assert all(s["wall_s"] >= 0 for s in report["stages"])
     md = result.report_md_path.read_text()
     assert "student_int8.tflite" in md and "int8 accuracy drop" in md
-    assert set(report["plots"]) == {"accuracy_size.svg", "training_curves.svg"}
+    assert set(report["plots"]) == {"accuracy_size.svg", "accuracy_latency_size.svg", "training_curves.svg"}
     for plot in report["plots"]:
         root = ElementTree.parse(result.out_dir / plot).getroot()
         assert root.tag.endswith("svg") and f"![{plot}]" in md
@@ -80,8 +79,7 @@ def test_a_second_build_in_another_process_gives_identical_artifacts(built, tmp_
     """
     recipe_path, result = built
     out = tmp_path / "second"
-    proc = subprocess.run([sys.executable, "-m", "edgecnn.cli", "build", str(recipe_path), "--out", str(out), "-q"],
-                          capture_output=True, text=True, timeout=600)
+    proc = run_edgecnn("build", str(recipe_path), "--out", str(out), "-q", timeout=600)
     assert proc.returncode == 0, proc.stderr
     for name in DETERMINISTIC:
         assert sha256_file(out / name) == sha256_file(result.out_dir / name), name
@@ -154,15 +152,13 @@ def test_manifest_records_sha256_of_every_artifact(built):
 
 def test_inspect_cli_on_the_built_model(built):
     _, result = built
-    proc = subprocess.run([sys.executable, "-m", "edgecnn.cli", "inspect", "--json",
-                           str(result.out_dir / "student_int8.tflite")], capture_output=True, text=True, timeout=60)
+    proc = run_edgecnn("inspect", "--json", str(result.out_dir / "student_int8.tflite"), timeout=60)
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["inputs"][0]["dtype"] == "UINT8"
     assert data["op_counts"]["CONV_2D"] > 10 and data["op_counts"]["DEPTHWISE_CONV_2D"] > 5
     assert data["tflite_metadata"]["labels"][0] == "T-shirt/top" and len(data["tflite_metadata"]["labels"]) == 10
-    text = subprocess.run([sys.executable, "-m", "edgecnn.cli", "inspect", str(result.out_dir / "student_int8.tflite")],
-                          capture_output=True, text=True, timeout=60).stdout
+    text = run_edgecnn("inspect", str(result.out_dir / "student_int8.tflite"), timeout=60).stdout
     assert "DEPTHWISE_CONV_2D" in text and "zero_point" in text and "labels (10): T-shirt/top" in text
 
 
@@ -177,9 +173,8 @@ def test_unchanged_rebuild_reuses_every_stage(built):
 def test_quantize_only_change_reruns_only_quantize_and_evaluate(built):
     """Through the CLI, which prints the result table once even when evaluate re-runs."""
     recipe_path, result = built
-    proc = subprocess.run([sys.executable, "-m", "edgecnn.cli", "build", str(recipe_path), "--out",
-                           str(result.out_dir), "--set", "quantize.io_dtype=int8"],
-                          capture_output=True, text=True, timeout=600)
+    proc = run_edgecnn("build", str(recipe_path), "--out", str(result.out_dir), "--set", "quantize.io_dtype=int8",
+                       timeout=600)
     assert proc.returncode == 0, proc.stderr
     stages = json.loads(result.report_path.read_text())["stages"]
     assert [s["stage"] for s in stages if not s["cached"]] == ["quantize", "evaluate"]
@@ -249,16 +244,8 @@ def test_teacher_file_that_is_not_a_keras_model(tmp_path):
     with pytest.raises(ModelFileError, match="not a Keras model"):
         build(recipe, out_dir=out, overrides=(f"teacher.path={fake}",), progress=Progress(quiet=True))
     assert not (out / "teacher.keras").exists() and not (out / "stages" / "teacher.json").exists()
-    proc = subprocess.run([sys.executable, "-m", "edgecnn.cli", "build", str(recipe), "--out", str(out),
-                           "--set", f"teacher.path={fake}"], capture_output=True, text=True, timeout=300)
-    line = assert_one_line_error(_only_error_lines(proc), 4, "teacher.keras", "not a Keras model")
-    assert line.startswith("error:")
-
-
-def _only_error_lines(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    """Drop the progress lines (stage banners) a build prints before failing."""
-    kept = "\n".join(ln for ln in proc.stderr.splitlines() if not ln.startswith(("==>", "    ", "edgecnn build")))
-    return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout, kept)
+    proc = run_edgecnn("build", str(recipe), "--out", str(out), "--set", f"teacher.path={fake}", timeout=300)
+    assert_one_line_error(proc, 4, "teacher.keras", "not a Keras model", build=True)
 
 
 def test_a_build_killed_during_student_training_resumes_at_the_last_finished_epoch(built, tmp_path):
@@ -276,7 +263,7 @@ def test_a_build_killed_during_student_training_resumes_at_the_last_finished_epo
 
     recipe = write_tiny_recipe(tmp_path)
     out = tmp_path / "run"
-    argv = [sys.executable, "-m", "edgecnn.cli", "build", str(recipe), "--out", str(out), "--quiet"]
+    argv = [EDGECNN_COMMAND, "build", str(recipe), "--out", str(out), "--quiet"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     log = tmp_path / "first.log"
     with open(log, "w") as fh:

@@ -12,7 +12,6 @@ import math
 import platform
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ from edgecnn.bundle_layout import BUNDLE_MANIFEST, tolerance_steps
 from edgecnn.export.bundle import _golden_images, write_bundle
 from edgecnn.fileio import OWNER_MARKER, owned_kind, sha256_file
 from edgecnn.recipe import validate_recipe
-from helpers import FASHION_LABELS, TINY_RECIPE, assert_one_line_error, build_tiny_classifier
+from helpers import FASHION_LABELS, TINY_RECIPE, assert_one_line_error, run_edgecnn, write_tiny_run_dir
 
 pytestmark = pytest.mark.skipif(fashion_mnist.locate_fashion_mnist(None, download=False) is None,
                                 reason="Fashion-MNIST not found (edgecnn data download fashion_mnist)")
@@ -35,36 +34,9 @@ pytestmark = pytest.mark.skipif(fashion_mnist.locate_fashion_mnist(None, downloa
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A run directory as a build leaves it (only the files a bundle reads)."""
-    run = tmp_path_factory.mktemp("run")
-    recipe = validate_recipe(yaml.safe_load(TINY_RECIPE))
-    shutil.move(build_tiny_classifier(run, "int8"), run / "student_int8.tflite")
-    shutil.move(build_tiny_classifier(run, "float32"), run / "student_float32.tflite")
-    _float16_classifier(run / "student_float16.tflite")
-    norm = {"formula": "(pixel - mean) / std", "pixel_range": [0, 255], "mean": [127.5] * 3, "std": [127.5] * 3}
-    (run / "dataset.json").write_text(json.dumps({"class_names": list(FASHION_LABELS), "input_shape": [32, 32, 3],
-                                                  "normalization": norm}))
-    (run / "evaluation.json").write_text(json.dumps({
-        "runtime": "ai-edge-litert", "runtime_version": "2.3.0", "test_images": 300,
-        "models": {"tflite_int8": {"accuracy": 0.1}, "tflite_float32": {"accuracy": 0.11},
-                   "tflite_float16": {"accuracy": 0.12}}}))
-    (run / "manifest.json").write_text(json.dumps({"recipe": recipe.to_dict()}))
-    return run
-
-
-def _float16_classifier(path: Path) -> Path:
-    """The tiny classifier (helpers.build_tiny_classifier's network) as a float16-weight file."""
-    from edgecnn._tf import keras
-    from edgecnn.export.formats import get_format
-    from edgecnn.export.tflite import convert_float, inference_model
-
-    k = keras()
-    k.utils.set_random_seed(0)
-    inputs = k.layers.Input((32, 32, 3))
-    x = k.layers.Conv2D(8, 3, strides=2, activation="relu")(inputs)
-    x = k.layers.Conv2D(8, 3, strides=2, activation="relu")(x)
-    x = k.layers.GlobalAveragePooling2D()(x)
-    model = inference_model(k.Model(inputs, k.layers.Dense(len(FASHION_LABELS))(x), name="tiny"))
-    return convert_float(model, get_format("float16"), path)
+    return write_tiny_run_dir(tmp_path_factory.mktemp("run"), ("int8", "float32", "float16"),
+                              accuracy={"tflite_int8": 0.1, "tflite_float32": 0.11, "tflite_float16": 0.12},
+                              test_images=300, recipe=True)
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +50,7 @@ def copy(bundle, tmp_path):
 
 
 def _verify_cli(path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edgecnn.cli", "verify", str(path)], capture_output=True,
-                          text=True, timeout=120)
+    return run_edgecnn("verify", str(path), timeout=120)
 
 
 MODELS = ("student_int8.tflite", "student_float32.tflite", "student_float16.tflite")
@@ -342,8 +313,7 @@ def test_existing_user_folder_is_refused_and_left_intact(run_dir, tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()
     (folder / "holiday.jpg").write_bytes(b"precious")
-    proc = subprocess.run([sys.executable, "-m", "edgecnn.cli", "bundle", str(run_dir), "--out", str(folder),
-                           "--force"], capture_output=True, text=True, timeout=120)
+    proc = run_edgecnn("bundle", str(run_dir), "--out", str(folder), "--force", timeout=120)
     assert_one_line_error(proc, FilesystemError.exit_code, str(folder), "did not create")
     assert [p.name for p in folder.iterdir()] == ["holiday.jpg"]
     assert (folder / "holiday.jpg").read_bytes() == b"precious"
@@ -424,8 +394,6 @@ def test_verify_on_a_target_without_the_runner_says_so(bundle):
 
 
 def test_a_truncated_model_in_the_run_names_the_run_s_file_not_a_temporary_copy(run_dir, tmp_path):
-    from helpers import run_edgecnn
-
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
     model = run / "student_int8.tflite"

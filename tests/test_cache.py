@@ -11,13 +11,14 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from helpers import assert_one_line_error, write_teacher_path_recipe
+from helpers import EDGECNN_COMMAND, assert_one_line_error, write_teacher_path_recipe
 from test_pipeline_cache import CACHE_TAIL, STAGES
 
 from edgecnn import pipeline
@@ -28,7 +29,7 @@ from edgecnn.pipeline import Stage, StageResult, build, insert_stage
 from edgecnn.progress import Progress
 
 REPO = Path(__file__).resolve().parents[1]
-EDGECNN = [sys.executable, "-m", "edgecnn.cli"]
+EDGECNN = [EDGECNN_COMMAND]  # the `edgecnn` entry point, as typed
 
 
 @pytest.fixture(autouse=True)
@@ -43,6 +44,23 @@ def private_cache(tmp_path, monkeypatch):
 def recipe_file(tmp_path_factory):
     return write_teacher_path_recipe(tmp_path_factory.mktemp("shared"), "cache", seed=3, test_limit=50,
                                      tail=CACHE_TAIL)
+
+
+@pytest.fixture(scope="module")
+def warm_cache(recipe_file, tmp_path_factory) -> Path:
+    """A stage cache holding every stage of ``recipe_file``, built once (one cold build) for
+    the tests that need a filled cache to start from; each takes a copy (:func:`warm_copy`)."""
+    work = tmp_path_factory.mktemp("warm")
+    result, printed = quiet_build(recipe_file, work / "run", StageCache(work / "stages"))
+    assert result.ran == STAGES, printed
+    return work / "stages"
+
+
+def warm_copy(warm_cache: Path, private_cache: Path) -> StageCache:
+    """This test's own cache, a copy of ``warm_cache``: a first build restores every stage from it
+    (what a cold build would have left there), and the test may damage or prune it freely."""
+    shutil.copytree(warm_cache, private_cache)
+    return StageCache(private_cache)
 
 
 def quiet_build(recipe: Path, out: Path, cache: StageCache | None, **kw) -> tuple[pipeline.BuildResult, str]:
@@ -76,8 +94,8 @@ def test_second_out_restores_every_stage_as_hard_links(recipe_file, tmp_path, pr
     assert all(s["cached"] for s in report["stages"])
 
 
-def test_run_dir_survives_a_pruned_cache(recipe_file, tmp_path, private_cache):
-    cache = StageCache(private_cache)
+def test_run_dir_survives_a_pruned_cache(recipe_file, tmp_path, private_cache, warm_cache):
+    cache = warm_copy(warm_cache, private_cache)
     quiet_build(recipe_file, tmp_path / "a", cache)
     before = artifact_hashes(tmp_path / "a")
     pruned = cache.prune(max_bytes=0)
@@ -138,8 +156,8 @@ def test_folders_and_identical_files_are_stored_file_by_file_once(tmp_path, priv
 # ------------------------------------------------------------------------------ corruption
 
 
-def test_corrupt_object_is_detected_and_rebuilt(recipe_file, tmp_path, private_cache):
-    cache = StageCache(private_cache)
+def test_corrupt_object_is_detected_and_rebuilt(recipe_file, tmp_path, private_cache, warm_cache):
+    cache = warm_copy(warm_cache, private_cache)
     quiet_build(recipe_file, tmp_path / "a", cache)
     record = json.loads((private_cache / "entries" / json.loads(
         (tmp_path / "a" / "stages" / "student.json").read_text())["key"] / "record.json").read_text())
@@ -161,9 +179,9 @@ def test_corrupt_object_is_detected_and_rebuilt(recipe_file, tmp_path, private_c
                                   '{"key": "KEY", "artifacts": {}, "files": {"x": 5}}',
                                   '{"key": "KEY", "artifacts": {}, "files": {"x": [[1]]}}'],
                          ids=["truncated", "list", "null", "files-not-lists", "short-row"])
-def test_malformed_entry_record_is_rebuilt(recipe_file, tmp_path, private_cache, junk):
+def test_malformed_entry_record_is_rebuilt(recipe_file, tmp_path, private_cache, warm_cache, junk):
     """Invalid JSON and valid JSON of the wrong shape alike: one warning, rebuilt, then clean."""
-    cache = StageCache(private_cache)
+    cache = warm_copy(warm_cache, private_cache)
     quiet_build(recipe_file, tmp_path / "a", cache)
     key = json.loads((tmp_path / "a" / "stages" / "data.json").read_text())["key"]
     (private_cache / "entries" / key / "record.json").write_text(junk.replace("KEY", key))
@@ -282,8 +300,8 @@ def test_checkpoint_dir_survives_a_failed_stage_and_goes_when_it_finishes(recipe
 # -------------------------------------------------------------------------- info and prune
 
 
-def test_cache_info_and_prune_commands(recipe_file, tmp_path, private_cache):
-    quiet_build(recipe_file, tmp_path / "a", StageCache(private_cache))
+def test_cache_info_and_prune_commands(recipe_file, tmp_path, private_cache, warm_cache):
+    quiet_build(recipe_file, tmp_path / "a", warm_copy(warm_cache, private_cache))
     outside = tmp_path / "outside.txt"
     outside.write_text("keep me")
     (private_cache / "objects" / "zz").mkdir()

@@ -8,14 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import assert_one_line_error
+from helpers import assert_one_line_error, run_edgecnn
 
 REPO = Path(__file__).resolve().parents[1]
-EDGECNN = [sys.executable, "-m", "edgecnn.cli"]
 
 
 def run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([*EDGECNN, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    return run_edgecnn(*args, cwd=cwd, timeout=120)
 
 
 def modules_after(argv: list[str]) -> set[str]:

@@ -28,13 +28,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import assert_one_line_error
+from helpers import EDGECNN_COMMAND, assert_one_line_error
 
 from edgecnn.tool_output import parse_edgetpu_compiler_log
 from edgecnn.export.edgetpu import compile_edgetpu, cpu_fallback_problem, format_compile_summary
 
 REPO = Path(__file__).resolve().parents[1]
-EDGECNN = [sys.executable, "-m", "edgecnn.cli"]
+EDGECNN = [EDGECNN_COMMAND]  # the `edgecnn` entry point, as typed
 
 # Compiler output in the formats real compilers print, for the tiny test model (CONV_2D,
 # RESHAPE, FULLY_CONNECTED). Layouts from published logs: compiler 16.0 with -s

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import assert_one_line_error, build_fake_libedgetpu
+from helpers import assert_one_line_error, build_fake_libedgetpu, run_edgecnn
 
 from edgecnn.runtime.interpreter import make_interpreter, predict
 from edgecnn.targets import parse_target
@@ -198,9 +198,8 @@ def test_demo_runs_with_the_edgetpu_delegate(edgetpu, bench_models, tmp_path, mo
     def demo(*extra: str) -> list[dict]:
         # The model's scores are logits, often negative: a threshold below all shows the top 3.
         log = tmp_path / f"log{len(extra)}.jsonl"
-        proc = subprocess.run([sys.executable, "-m", "edgecnn.cli", "demo", "--headless", "--model", str(model),
-                               "--source", str(folder), "--log", str(log), "--threshold", "-1000", *extra],
-                              capture_output=True, text=True, timeout=120)
+        proc = run_edgecnn("demo", "--headless", "--model", str(model), "--source", str(folder), "--log", str(log),
+                           "--threshold", "-1000", *extra, timeout=120)
         assert proc.returncode == 0, proc.stderr
         return [json.loads(line)["predictions"] for line in log.read_text().splitlines()]
 
@@ -210,8 +209,7 @@ def test_demo_runs_with_the_edgetpu_delegate(edgetpu, bench_models, tmp_path, mo
     assert edgetpu()[:2] == ["create device=(any)", "prepare nodes=3"]
 
     monkeypatch.setenv("FAKE_EDGETPU_DEVICES", "")
-    proc = subprocess.run([sys.executable, "-m", "edgecnn.cli", "demo", "--headless", "--model", str(model),
-                           "--source", str(folder), "--delegate", "edgetpu"], capture_output=True, text=True,
-                          timeout=120)
+    proc = run_edgecnn("demo", "--headless", "--model", str(model), "--source", str(folder), "--delegate", "edgetpu",
+                       timeout=120)
     line = assert_one_line_error(proc, 5, "delegate libedgetpu.so.1", "install the Edge TPU runtime")
     assert line.startswith("error: cannot load the ") and "Failed to load delegate from libedgetpu.so.1" in line

@@ -28,7 +28,7 @@ from edgecnn.runtime.interpreter import (  # noqa: E402
     output_specs,
     quantize_input,
 )
-from helpers import FASHION_LABELS, assert_one_line_error, build_tiny_classifier  # noqa: E402
+from helpers import FASHION_LABELS, assert_one_line_error, build_tiny_classifier, run_edgecnn  # noqa: E402
 
 FRAMES = 20
 
@@ -195,8 +195,7 @@ def test_threshold_hides_low_scores(model, tmp_path):
 
 
 def _demo_cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edgecnn.cli", "demo", "--headless", *args], capture_output=True,
-                          text=True, timeout=120)
+    return run_edgecnn("demo", "--headless", *args, timeout=120)
 
 
 def test_a_file_that_is_not_a_video_is_one_line(model, tmp_path):

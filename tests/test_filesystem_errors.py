@@ -11,20 +11,18 @@ import contextlib
 import hashlib
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from helpers import assert_one_line_error, write_tiny_recipe
+from helpers import assert_one_line_error, run_edgecnn, write_tiny_recipe
 
 from edgecnn.errors import FilesystemError
 
-EDGECNN = [sys.executable, "-m", "edgecnn.cli"]
 REPO = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args: str, cwd: Path = REPO, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([*EDGECNN, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    return run_edgecnn(*map(str, args), cwd=cwd, timeout=timeout)
 
 
 def _mount(*args: str) -> subprocess.CompletedProcess:
@@ -87,18 +85,6 @@ def temporaries(folder: Path) -> list[Path]:
 
 def digest(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def last_line_error(proc: subprocess.CompletedProcess, code: int, *needles: str) -> str:
-    """For build, whose progress also goes to stderr: the last line is the one error line."""
-    assert proc.returncode == code, (proc.returncode, proc.stderr)
-    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr, proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert lines and lines[-1].startswith("error: "), proc.stderr
-    assert sum(ln.startswith("error") for ln in lines) == 1, proc.stderr
-    for needle in needles:
-        assert needle in lines[-1], (needle, lines[-1])
-    return lines[-1]
 
 
 # ------------------------------------------------------------------------ fileio units
@@ -172,7 +158,7 @@ def test_build_into_a_read_only_run_directory_is_one_line_exit_7(tmp_path):
     (run / ".edgecnn-owned").write_text('{"created_by": "edgecnn", "kind": "run", "edgecnn": "0"}')
     with read_only(run) as reason:
         proc = run_cli("build", recipe, "--out", run)
-    line = last_line_error(proc, FilesystemError.exit_code, str(run), f"({reason})")
+    line = assert_one_line_error(proc, FilesystemError.exit_code, str(run), f"({reason})", build=True)
     assert "choose a writable location" in line or "permission" in line
 
 
@@ -181,7 +167,7 @@ def test_build_on_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path):
     recipe = write_tiny_recipe(tmp_path)
     with tiny_disk(tmp_path / "disk") as disk:
         proc = run_cli("build", recipe, "--out", disk / "run", "-q")
-        last_line_error(proc, FilesystemError.exit_code, str(disk / "run"), "(ENOSPC)", "disk is full")
+        assert_one_line_error(proc, FilesystemError.exit_code, str(disk / "run"), "(ENOSPC)", "disk is full", build=True)
         assert not temporaries(disk)
         assert not (disk / "run" / "teacher.keras").exists()
 

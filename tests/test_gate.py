@@ -189,9 +189,11 @@ def test_build_with_a_gate_reports_it_and_keeps_int8_io(tmp_path):
     assert mixed.inputs[0].dtype == mixed.outputs[0].dtype == "INT8"
     assert {"INT16", "FLOAT32"} <= {t.dtype for t in mixed.tensor_types if t.tensors > t.constant_tensors}
     assert "INT4" in int4.weight_dtypes and int4.inputs[0].dtype == "FLOAT32"
+    rows = {m["name"]: m for m in report["models"]}
     for name in ("tflite_int8", "tflite_int8_mixed", "tflite_int4"):
         assert evaluation[name]["status"] == "evaluated" and evaluation[name]["reference"] == "tflite_float32"
-        assert evaluation[name]["latency_ms"]["p50"] > 0 and evaluation[name]["macs"] > 1e6
+        assert evaluation[name]["macs"] == evaluation["tflite_float32"]["macs"] > 1e6  # same shapes, same arithmetic
+        assert 0 < rows[name]["latency_ms"]["p50"] <= rows[name]["latency_ms"]["p90"]
     (record,) = report["gate"]
     assert record["model"] == "student_int8.tflite" and record["validation_images"] == 60
     if record["int8_drop_points"] <= 0.0:

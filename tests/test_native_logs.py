@@ -110,10 +110,11 @@ def _tiny_demo_inputs(tmp_path: Path) -> tuple[Path, Path]:
 def test_cli_interpreter_creation_is_quiet_unless_verbose(tmp_path):
     """The demo creates a real interpreter: its XNNPACK INFO line only with -v."""
     model, frames = _tiny_demo_inputs(tmp_path)
+    from helpers import run_edgecnn
+
     args = ["demo", "--headless", "--model", str(model), "--source", str(frames)]
-    quiet = subprocess.run([sys.executable, "-m", "edgecnn.cli", *args], capture_output=True, text=True, timeout=120)
-    verbose = subprocess.run([sys.executable, "-m", "edgecnn.cli", "-v", *args], capture_output=True, text=True,
-                             timeout=120)
+    quiet = run_edgecnn(*args, timeout=120)
+    verbose = run_edgecnn("-v", *args, timeout=120)
     assert quiet.returncode == 0 and verbose.returncode == 0, (quiet.stderr, verbose.stderr)
     assert quiet.stderr.strip() == "", quiet.stderr
     assert "1 frames from" in quiet.stdout

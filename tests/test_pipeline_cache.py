@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import assert_one_line_error, save_tiny_teacher, write_teacher_path_recipe
+from helpers import EDGECNN_COMMAND, assert_one_line_error, save_tiny_teacher, write_teacher_path_recipe
 
 from edgecnn import pipeline
 from edgecnn.errors import FilesystemError
@@ -23,7 +23,7 @@ from edgecnn.progress import Progress
 from edgecnn.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
-EDGECNN = [sys.executable, "-m", "edgecnn.cli"]
+EDGECNN = [EDGECNN_COMMAND]  # the `edgecnn` entry point, as typed
 STAGES = ["data", "teacher", "student", "evaluate"]
 
 # Only the stages the cache tests need: no TFLite conversion.

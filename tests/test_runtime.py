@@ -89,7 +89,25 @@ def test_a_model_the_runtime_refuses_is_one_line(bench_models):
 
 
 def test_threads_reach_the_runtime(bench_models):
-    """One thread and four give the same outputs; the runtime accepted both (it refuses 0)."""
+    """``threads=N`` reaches the interpreter: its CPU thread pool adds N-1 OS threads to the
+    process (counted in /proc/self/task, no timing), and the outputs stay equal.
+
+    Run in a fresh process that imports no TensorFlow, so no other library starts threads
+    between the counts.
+    """
+    code = ("import os, sys\n"
+            "from edgecnn.runtime.interpreter import make_interpreter\n"
+            "def tasks(): return len(os.listdir('/proc/self/task'))\n"
+            "for n in (1, 4, 3):\n"
+            "    before = tasks()\n"
+            "    interpreter = make_interpreter(sys.argv[1], threads=n)\n"
+            "    print(n, tasks() - before)\n"
+            "    del interpreter\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(bench_models["int8"])], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    added = dict(tuple(map(int, line.split())) for line in proc.stdout.splitlines())
+    assert added == {1: 0, 4: 3, 3: 2}, proc.stdout
     x = _samples(bench_models["npz"])
     one = predict(make_interpreter(bench_models["int8"], threads=1), x)
     four = predict(make_interpreter(bench_models["int8"], threads=4), x)

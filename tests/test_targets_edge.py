@@ -11,16 +11,12 @@ a parsed :class:`~edgecnn.targets.Target` only and refuse text.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
-import numpy as np
 import pytest
-import yaml
 from click.testing import CliRunner
-from helpers import FASHION_LABELS, TINY_RECIPE, build_tiny_classifier
+from helpers import tiny_bundle
 
 from edgecnn.bench.adb import run_adb
 from edgecnn.bench.harness import check_benchmark, run_benchmark
@@ -53,28 +49,13 @@ def parses(monkeypatch) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory) -> Path:
+def small_bundle(tmp_path_factory) -> Path:
     """A bundle of one tiny int8 classifier with 4 golden samples (no data set needed)."""
-    from edgecnn.export.bundle import write_bundle
-    from edgecnn.recipe import validate_recipe
-
-    tmp = tmp_path_factory.mktemp("edge")
-    run = tmp / "run"
-    run.mkdir()
-    shutil.move(build_tiny_classifier(run, "int8"), run / "student_int8.tflite")
-    norm = {"formula": "(pixel - mean) / std", "pixel_range": [0, 255], "mean": [127.5] * 3, "std": [127.5] * 3}
-    (run / "dataset.json").write_text(json.dumps({"class_names": list(FASHION_LABELS), "input_shape": [32, 32, 3],
-                                                  "normalization": norm}))
-    (run / "evaluation.json").write_text(json.dumps({"runtime": "ai-edge-litert", "test_images": 4, "models": {}}))
-    rng = np.random.RandomState(5)
-    images = SimpleNamespace(x_test=rng.randint(0, 256, (4, 32, 32, 3)).astype(np.uint8),
-                             y_test=rng.randint(0, 10, 4))
-    return write_bundle(run, tmp / "bundle", model="int8", samples=4,
-                        recipe=validate_recipe(yaml.safe_load(TINY_RECIPE)), dataset=images)
+    return tiny_bundle(tmp_path_factory.mktemp("edge"), ("int8",), samples=4, seed=5)
 
 
-def test_verify_cli_parses_the_target_once(tiny_bundle, parses):
-    result = CliRunner().invoke(main, ["verify", str(tiny_bundle), "--target", "local", "--json"])
+def test_verify_cli_parses_the_target_once(small_bundle, parses):
+    result = CliRunner().invoke(main, ["verify", str(small_bundle), "--target", "local", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     # It really ran: the runner's outputs were compared with the golden ones on this machine.

@@ -14,24 +14,18 @@ from __future__ import annotations
 import json
 import math
 import platform
-import subprocess
-import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import yaml
-from helpers import FASHION_LABELS, TINY_RECIPE, build_tiny_classifier
+from helpers import FASHION_LABELS, run_edgecnn, tiny_bundle
 from test_bench_ssh import _start_sshd, _stop
 
 from edgecnn.runtime import runner as rn
 from edgecnn.bench.local import run_local
 from edgecnn.bench.verify import compare_outputs, format_verify, verify_bundle
 from edgecnn.bundle_layout import BUNDLE_MANIFEST, MIN_TOP1_AGREEMENT, float_tolerance, tolerance_steps
-from edgecnn.export.bundle import write_bundle
 from edgecnn.fileio import sha256_file
-from edgecnn.recipe import validate_recipe
 from edgecnn.targets import parse_target
 
 LOCAL = parse_target("local")
@@ -184,28 +178,6 @@ def test_runner_output_report_is_bounded_and_exact():
 # -------------------------------------------------------------- verify over real SSH
 
 
-def _toy_run_dir(run: Path) -> Path:
-    """A run directory of a tiny int8 and float32 classifier (no data set needed)."""
-    import shutil
-
-    run.mkdir(parents=True, exist_ok=True)
-    shutil.move(build_tiny_classifier(run, "int8"), run / "student_int8.tflite")
-    shutil.move(build_tiny_classifier(run, "float32"), run / "student_float32.tflite")
-    norm = {"formula": "(pixel - mean) / std", "pixel_range": [0, 255], "mean": [127.5] * 3, "std": [127.5] * 3}
-    (run / "dataset.json").write_text(json.dumps({"class_names": list(FASHION_LABELS), "input_shape": [32, 32, 3],
-                                                  "normalization": norm}))
-    (run / "evaluation.json").write_text(json.dumps({"runtime": "ai-edge-litert", "test_images": 12, "models": {}}))
-    return run
-
-
-def _toy_bundle(tmp: Path) -> Path:
-    rng = np.random.RandomState(3)
-    images = SimpleNamespace(x_test=rng.randint(0, 256, (12, 32, 32, 3)).astype(np.uint8),
-                             y_test=rng.randint(0, 10, 12))
-    return write_bundle(_toy_run_dir(tmp / "run"), tmp / "bundle", model="all",
-                        recipe=validate_recipe(yaml.safe_load(TINY_RECIPE)), dataset=images)
-
-
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory):
     proc, log, server = _start_sshd(tmp_path_factory.mktemp("sshd-verify"), sftp=True)
@@ -215,7 +187,7 @@ def sshd(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def toy_bundle(tmp_path_factory):
-    return _toy_bundle(tmp_path_factory.mktemp("verify"))
+    return tiny_bundle(tmp_path_factory.mktemp("verify"), samples=12, seed=3)
 
 
 def test_verify_over_ssh_is_bit_exact_on_the_same_runtime(sshd, toy_bundle):
@@ -231,17 +203,15 @@ def test_verify_over_ssh_is_bit_exact_on_the_same_runtime(sshd, toy_bundle):
 
 def test_verify_cli_takes_the_ssh_options(sshd, toy_bundle):
     o = sshd.options
-    proc = subprocess.run([sys.executable, "-m", "edgecnn.cli", "verify", str(toy_bundle), "--target", sshd.target,
-                           "--remote-python", o.remote_python, "--identity", str(o.identity),
-                           "--known-hosts", str(o.known_hosts), "--connect-timeout", "5", "--json"],
-                          capture_output=True, text=True, timeout=300)
+    proc = run_edgecnn("verify", str(toy_bundle), "--target", sshd.target, "--remote-python", o.remote_python,
+                       "--identity", str(o.identity), "--known-hosts", str(o.known_hosts), "--connect-timeout", "5",
+                       "--json", timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     data = json.loads(proc.stdout)
     assert data["ok"] and [m["bit_exact"] for m in data["models"]] == [True, True]
     # The same command without the key cannot log in: a failed check, not a pass.
-    proc = subprocess.run([sys.executable, "-m", "edgecnn.cli", "verify", str(toy_bundle), "--target", sshd.target,
-                           "--remote-python", o.remote_python, "--identity", str(sshd.other_key),
-                           "--known-hosts", str(o.known_hosts)], capture_output=True, text=True, timeout=300)
+    proc = run_edgecnn("verify", str(toy_bundle), "--target", sshd.target, "--remote-python", o.remote_python,
+                       "--identity", str(sshd.other_key), "--known-hosts", str(o.known_hosts), timeout=300)
     assert proc.returncode == 5 and "FAILED" in proc.stdout and "refused the SSH key" in proc.stdout
 
 

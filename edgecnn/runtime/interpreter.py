@@ -418,10 +418,11 @@ def predict_classes(path: str | os.PathLike, x_float: np.ndarray, num_threads: i
     return scores.reshape(len(x_float), -1).argmax(axis=-1)
 
 
-def host_latency(model: str | os.PathLike | bytes, sample: np.ndarray, threads: int = 1, runs: int = 50,
-                 warmup: int = 10) -> dict:
+def host_latency(model: str | os.PathLike | bytes, sample: np.ndarray | None = None, threads: int = 1,
+                 runs: int = 50, warmup: int = 10) -> dict:
     """Latency (ms) of one batch-1 inference of ``model`` on this host's CPU: median and p90
-    of ``runs`` timed ``invoke()`` calls after ``warmup`` untimed ones, on ``sample[:1]``.
+    of ``runs`` timed ``invoke()`` calls after ``warmup`` untimed ones, on ``sample[:1]``
+    (None: zeros; a CNN's kernels take the same time whatever the values).
 
     One thread by default: what a small device core sees, and the figure least disturbed by
     other work on the machine. Timings are of ``invoke()`` only, as the device runner's.
@@ -430,7 +431,10 @@ def host_latency(model: str | os.PathLike | bytes, sample: np.ndarray, threads: 
 
     interpreter = make_interpreter(model, threads=threads)
     spec = input_specs(interpreter)[0]
-    interpreter.set_tensor(spec.index, quantize_input(np.asarray(sample[:1], np.float32), spec))
+    if sample is None:
+        interpreter.set_tensor(spec.index, np.zeros(spec.shape, spec.dtype))
+    else:
+        interpreter.set_tensor(spec.index, quantize_input(np.asarray(sample[:1], np.float32), spec))
     times = []
     for i in range(warmup + runs):
         start = time.perf_counter()

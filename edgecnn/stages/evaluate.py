@@ -22,10 +22,6 @@ HOST_RUNTIMES = frozenset({"litert"})
 
 NOT_EVALUABLE = "not evaluable on this host"
 
-# Timed inferences per model for the report's host latency (after 10 untimed): enough for a
-# stable median and p90 of a sub-millisecond model, a fraction of a second each.
-LATENCY_RUNS = 50
-
 
 # Per runtime the host lacks: what it is, and how to measure such a model ({file}) instead.
 _NOT_EVALUABLE_WHY = {
@@ -104,7 +100,7 @@ def run_evaluate(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
 
     from edgecnn.tflite.reader import count_macs, inspect_tflite
     from edgecnn.fileio import path_size
-    from edgecnn.runtime.interpreter import host_latency, predict_classes, runtime_name_version
+    from edgecnn.runtime.interpreter import predict_classes, runtime_name_version
 
     ds = ctx.dataset
     x_test = ds.normalization.apply(ds.x_test)
@@ -127,10 +123,7 @@ def run_evaluate(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
             accuracy = float(np.mean(predicted == labels))
             row.update(status="evaluated", accuracy=round(accuracy, 5), input_dtype=summary.inputs[0].dtype,
                        output_dtype=summary.outputs[0].dtype, size_bytes=summary.file_size,
-                       params=summary.parameter_count, macs=count_macs(artifact.path),
-                       # This machine, 1 thread: comparable between the rows of one report,
-                       # not a device figure (edgecnn bench measures those).
-                       latency_ms=host_latency(artifact.path, x_test, threads=1, runs=LATENCY_RUNS))
+                       params=summary.parameter_count, macs=count_macs(artifact.path))
         results[artifact.name] = row
     for artifact in ctx.artifacts.all(kind=MODEL_FILE_KINDS):
         reference = float_reference(ctx, artifact)

@@ -1,0 +1,356 @@
+"""The README's commands, run through the ``edgecnn`` entry point as a user types them.
+
+One small build (``edgecnn build`` of a recipe with a saved teacher, 100 training images,
+one epoch, ``export.bundle: true`` and a ``bench:`` section) is shared by every test here;
+each test then runs a documented command on that run directory or its bundle:
+``edgecnn bundle``, ``edgecnn verify`` and its tolerance options, ``edgecnn bench
+--inputs``, ``edgecnn demo`` on a clip, ``edgecnn data download``, and ``verify`` against a
+second runtime (x86 tflite-runtime 2.14 from ``tools/tflite_runtime_x86.sh``) over SSH.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import FASHION_LABELS, free_port, run_edgecnn, tiny_bundle, write_teacher_path_recipe
+
+from edgecnn.bundle_layout import BUNDLE_MANIFEST
+from edgecnn.data import fashion_mnist
+from edgecnn.fileio import sha256_file
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.skipif(fashion_mnist.locate_fashion_mnist(None, download=False) is None,
+                                reason="Fashion-MNIST not found (edgecnn data download fashion_mnist)")
+
+BENCH_SAMPLES = 20
+TAIL = f"""\
+quantize: {{io_dtype: int8}}
+export: {{formats: [float32], bundle: true}}
+bench:
+  - {{target: local, runs: 5, warmup: 1, samples: {BENCH_SAMPLES}}}
+"""
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    """``edgecnn build recipe.yaml --out run``: the run directory every test here reads."""
+    work = tmp_path_factory.mktemp("readme")
+    recipe = write_teacher_path_recipe(work, "readme", seed=7, test_limit=40, tail=TAIL)
+    proc = run_edgecnn("build", str(recipe), "--out", str(work / "run"), "-q")
+    assert proc.returncode == 0, proc.stderr
+    return work / "run"
+
+
+@pytest.fixture(scope="module")
+def bundle_all(built, tmp_path_factory) -> Path:
+    """``edgecnn bundle RUN --out DIR --model all --samples 16``: int8 and float32 with golden files."""
+    out = tmp_path_factory.mktemp("bundles") / "all"
+    proc = run_edgecnn("bundle", str(built), "--out", str(out), "--model", "all", "--samples", "16")
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def _models(bundle: Path) -> list[str]:
+    return [m["file"] for m in json.loads((bundle / BUNDLE_MANIFEST).read_text())["models"]]
+
+
+# ------------------------------------------------------------------------ build with bench:
+
+
+def test_a_recipe_bench_section_measures_every_tflite_with_device_side_accuracy(built):
+    """`bench: [{target: local, ...}]` in the recipe: `edgecnn build` adds a bench stage that
+    measures every `.tflite` of the run on the test images it sends along."""
+    from edgecnn.bench.schema import load_results
+
+    results = load_results(built / "bench.jsonl")
+    tflites = sorted(p.name for p in built.glob("*.tflite"))
+    assert tflites == ["student_float32.tflite", "student_int8.tflite"]
+    assert sorted(Path(r["model"]["path"]).name for r in results) == tflites
+    with np.load(built / f"bench_samples_{BENCH_SAMPLES}.npz") as npz:
+        x, y = npz["x"], npz["y"]
+    assert len(x) == len(y) == BENCH_SAMPLES
+    for result in results:
+        assert result["status"] == "ok" and result["target"] == "local", result["reason"]
+        assert result["samples"] == BENCH_SAMPLES and result["runs"] == 5
+        model = built / Path(result["model"]["path"]).name
+        assert result["model"]["sha256"] == sha256_file(model)
+        # Same runtime and inputs on this host: the device-side accuracy is the host's, exactly.
+        from edgecnn.runtime.interpreter import evaluate_tflite
+
+        assert result["accuracy"] == pytest.approx(evaluate_tflite(model, x, y, num_threads=1), abs=1e-12)
+    report = json.loads((built / "report.json").read_text())
+    assert sorted(Path(r["model"]["path"]).name for r in report["bench"]) == tflites
+
+
+# ------------------------------------------------------------------------ edgecnn bundle
+
+
+def test_bundle_writes_new_folder_then_needs_force_to_replace_it(built, tmp_path):
+    """`edgecnn bundle RUN --out DIR` (int8 by default), then `--model all` refused without
+    `--force` and written with it, then `--model float32 --force`."""
+    out = tmp_path / "quickstart_bundle"
+    proc = run_edgecnn("bundle", str(built), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert f"bundle: {out}" in proc.stdout
+    assert _models(out) == ["student_int8.tflite"]
+    assert sha256_file(out / "student_int8.tflite") == sha256_file(built / "student_int8.tflite")
+    assert (out / "labels.txt").read_text().splitlines() == list(FASHION_LABELS)
+    assert {"runner.py", "README.md", "golden_int8.npz", "metadata.json"} <= {p.name for p in out.iterdir()}
+    before = sha256_file(out / BUNDLE_MANIFEST)
+
+    refused = run_edgecnn("bundle", str(built), "--out", str(out), "--model", "all")
+    assert refused.returncode == 7 and "--force" in refused.stderr, refused.stderr
+    assert sha256_file(out / BUNDLE_MANIFEST) == before
+
+    forced = run_edgecnn("bundle", str(built), "--out", str(out), "--model", "all", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert _models(out) == ["student_int8.tflite", "student_float32.tflite"]
+    assert (out / "golden_float32.npz").is_file()
+
+    only_float = run_edgecnn("bundle", str(built), "--out", str(out), "--model", "float32", "--force")
+    assert only_float.returncode == 0, only_float.stderr
+    assert _models(out) == ["student_float32.tflite"] and not (out / "student_int8.tflite").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["quickstart_bundle"]  # no temporary folder left
+
+
+# ------------------------------------------------------------------------ edgecnn verify
+
+
+def _rewrite_golden(bundle: Path, name: str, change) -> None:
+    """Change the golden outputs of ``name`` and record the new sha256, as a device with
+    other rounding (or other results) would look to verify."""
+    with np.load(bundle / name) as npz:
+        arrays = dict(npz)
+    arrays["outputs"] = change(arrays["outputs"])
+    np.savez(bundle / name, **arrays)
+    manifest = json.loads((bundle / BUNDLE_MANIFEST).read_text())
+    manifest["files"][name]["sha256"] = sha256_file(bundle / name)
+    (bundle / BUNDLE_MANIFEST).write_text(json.dumps(manifest))
+
+
+def _verify(bundle: Path, *options: str) -> subprocess.CompletedProcess:
+    return run_edgecnn("verify", str(bundle), *options, timeout=300)
+
+
+def test_verify_is_bit_exact_on_this_host(bundle_all):
+    proc = _verify(bundle_all, "--exact")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("OK, bit-exact: 16 golden outputs identical") == 2, proc.stdout
+
+
+def test_verify_exact_and_tolerance_steps_decide_on_int8_outputs(bundle_all, tmp_path):
+    """One golden int8 value 3 steps off: passes the default tolerance, fails `--exact`,
+    passes `--tolerance-steps 3` and fails `--tolerance-steps 2`."""
+    bundle = Path(shutil.copytree(bundle_all, tmp_path / "b"))
+
+    def three_steps(o):
+        o = o.astype(np.int16)
+        o[5, 1] = o[5, 1] + 3 if o[5, 1] <= 124 else o[5, 1] - 3
+        return o.astype(np.int8)
+
+    _rewrite_golden(bundle, "golden_int8.npz", three_steps)
+    default = _verify(bundle)
+    assert default.returncode == 0 and "within tolerance: 1 of 16 golden outputs differ" in default.stdout, \
+        default.stdout
+    exact = _verify(bundle, "--exact")
+    assert exact.returncode == 5 and "student_int8.tflite" in exact.stdout and "FAILED" in exact.stdout
+    assert _verify(bundle, "--tolerance-steps", "3").returncode == 0
+    tight = _verify(bundle, "--tolerance-steps", "2")
+    assert tight.returncode == 5 and "beyond the tolerance (2 steps" in tight.stdout, tight.stdout
+
+
+def test_verify_float_tolerance_decides_on_float_outputs(bundle_all, tmp_path):
+    """Golden float32 outputs 1e-3 off: beyond the default (~1e-4 for this depth), within
+    `--float-tolerance 2e-3`, beyond `--float-tolerance 5e-4`."""
+    bundle = Path(shutil.copytree(bundle_all, tmp_path / "b"))
+    _rewrite_golden(bundle, "golden_float32.npz", lambda o: o + np.float32(1e-3))
+    assert _verify(bundle).returncode == 5
+    loose = _verify(bundle, "--float-tolerance", "2e-3", "--json")
+    assert loose.returncode == 0, loose.stdout
+    float32 = json.loads(loose.stdout)["models"][1]
+    assert float32["file"] == "student_float32.tflite" and float32["tolerance"] == pytest.approx(2e-3)
+    assert float32["max_abs_diff"] == pytest.approx(1e-3, rel=1e-2)
+    assert _verify(bundle, "--float-tolerance", "5e-4").returncode == 5
+
+
+def test_verify_min_top1_decides_on_top1_agreement(bundle_all, tmp_path):
+    """Golden int8 outputs whose top-1 class is moved on 4 of 16 samples (agreement 0.75),
+    with `--tolerance-steps 255` so that only top-1 decides: `--min-top1 0.75` passes,
+    `--min-top1 0.8` and the default 0.9 fail."""
+    bundle = Path(shutil.copytree(bundle_all, tmp_path / "b"))
+
+    def move_top1(o):
+        o = o.astype(np.int16)
+        for r in range(4):
+            first, second = np.argsort(o[r])[::-1][:2]
+            if o[r, first] == 127:
+                o[r, first] = 126
+            o[r, second] = o[r, first] + 1
+        return o.astype(np.int8)
+
+    _rewrite_golden(bundle, "golden_int8.npz", move_top1)
+    passes = _verify(bundle, "--tolerance-steps", "255", "--min-top1", "0.75", "--json")
+    assert passes.returncode == 0, passes.stdout
+    assert json.loads(passes.stdout)["models"][0]["top1_agreement"] == pytest.approx(0.75)
+    fails = _verify(bundle, "--tolerance-steps", "255", "--min-top1", "0.8")
+    assert fails.returncode == 5 and "top-1" in fails.stdout, fails.stdout
+    assert _verify(bundle, "--tolerance-steps", "255").returncode == 5
+
+
+# ------------------------------------------------------------------------ edgecnn bench --inputs
+
+
+def test_bench_with_the_bundles_golden_inputs_reports_device_side_accuracy(built, bundle_all, tmp_path):
+    """`edgecnn bench M --target local --inputs BUNDLE/golden_int8.npz --out RUN`: the
+    accuracy equals that of the golden outputs on their labels (same runtime, same inputs)."""
+    from edgecnn.bench.schema import load_results
+
+    out = tmp_path / "results.jsonl"
+    proc = run_edgecnn("bench", str(built / "student_int8.tflite"), "--target", "local", "--runs", "5",
+                       "--warmup", "1", "--inputs", str(bundle_all / "golden_int8.npz"), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    with np.load(bundle_all / "golden_int8.npz") as golden:
+        expected = float((golden["outputs"].argmax(-1) == golden["y"]).mean())
+    (result,) = load_results(out)
+    assert result["status"] == "ok" and result["samples"] == 16
+    assert result["accuracy"] == pytest.approx(expected, abs=1e-12)
+    assert f"accuracy {expected * 100:.2f}% on " in proc.stdout, proc.stdout
+
+
+# ------------------------------------------------------------------------ edgecnn demo
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    """clip.mp4: 12 frames of 160x120, Fashion-MNIST test images centred (OpenCV's mp4v writer)."""
+    import cv2
+
+    from edgecnn.data import load_fashion_mnist
+
+    path = tmp_path_factory.mktemp("clip") / "clip.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (160, 120))
+    assert writer.isOpened()
+    for image in load_fashion_mnist().x_test[:12, ..., 0]:
+        frame = np.zeros((120, 160, 3), np.uint8)
+        frame[:, 20:140] = cv2.resize(image, (120, 120))[..., None]
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def _frames(log: Path) -> list[dict]:
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def test_demo_on_a_clip_writes_the_annotated_video_and_one_log_line_per_frame(built, bundle_all, clip, tmp_path):
+    """`edgecnn demo --model RUN/student_int8.tflite --source clip.mp4 --headless --out
+    annotated.mp4 --log frames.jsonl`, and the same with `--model BUNDLE_DIR`: the same
+    model file, so the same predictions on every frame."""
+    import cv2
+
+    by_file = run_edgecnn("demo", "--model", str(built / "student_int8.tflite"), "--source", str(clip),
+                          "--headless", "--out", str(tmp_path / "annotated.mp4"), "--log", str(tmp_path / "frames.jsonl"),
+                          cwd=tmp_path, timeout=300)
+    assert by_file.returncode == 0, by_file.stderr
+    frames = _frames(tmp_path / "frames.jsonl")
+    assert len(frames) == 12
+    for frame in frames:
+        predictions = frame["predictions"]
+        assert len(predictions) == 3 and all(p["label"] in FASHION_LABELS for p in predictions)
+        scores = [p["score"] for p in predictions]
+        assert scores == sorted(scores, reverse=True)
+    video = cv2.VideoCapture(str(tmp_path / "annotated.mp4"))
+    count = 0
+    while True:
+        ok, image = video.read()
+        if not ok:
+            break
+        assert image.shape == (120, 160, 3)
+        count += 1
+    video.release()
+    assert count == 12
+
+    bundle_log = tmp_path / "bundle_frames.jsonl"
+    by_bundle = run_edgecnn("demo", "--model", str(bundle_all), "--source", str(clip), "--headless",
+                            "--log", str(bundle_log), timeout=300)
+    assert by_bundle.returncode == 0, by_bundle.stderr
+    assert [f["predictions"] for f in _frames(bundle_log)] == [f["predictions"] for f in frames]
+
+
+# ------------------------------------------------------------------------ edgecnn data download
+
+
+def test_data_download_finds_the_copy_already_there(tmp_path):
+    """`edgecnn data download fashion_mnist` with the files in $EDGECNN_DATA: prints that
+    folder and downloads nothing. (Pointing the command at a download server is not
+    possible: the URL is fixed and the files' sha256 pins Google's bytes.)"""
+    folder = tmp_path / "fmnist"
+    folder.mkdir()
+    source = fashion_mnist.locate_fashion_mnist(None, download=False)
+    for name in fashion_mnist.FILES:
+        found = fashion_mnist.find_files(source)[name]
+        (folder / found.name).symlink_to(found)
+    home = tmp_path / "home"
+    proc = run_edgecnn("data", "download", "fashion_mnist", env={"EDGECNN_DATA": str(folder), "HOME": str(home),
+                                                                 "KERAS_HOME": str(home / ".keras")})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"fashion_mnist: {folder}"
+    assert not home.exists()
+
+
+# ------------------------------------------------------------------------ a second runtime
+
+
+@pytest.fixture(scope="module")
+def x86_tflite_runtime(tmp_path_factory):
+    """`bash tools/tflite_runtime_x86.sh build && ... start`: an x86 tflite-runtime 2.14 "old
+    Pi" (numpy<2) behind its own sshd on 127.0.0.1. The venv is kept between runs in
+    ~/.cache/edgecnn-tests (pip needs the package index only the first time)."""
+    if shutil.which("sshd") is None and not Path("/usr/sbin/sshd").exists():
+        pytest.skip("no OpenSSH server (apt-get install openssh-server)")
+    folder = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgecnn-tests" / "x86-tflite-runtime"
+    env = {**os.environ, "EDGECNN_X86_TFLITE_DIR": str(folder), "EDGECNN_X86_TFLITE_PORT": str(free_port())}
+    script = REPO / "tools" / "tflite_runtime_x86.sh"
+    # stop first: an sshd left by an interrupted run would hold the folder on another port.
+    for step in ("build", "stop", "start"):
+        proc = subprocess.run(["bash", str(script), step], capture_output=True, text=True, timeout=600, env=env)
+        assert proc.returncode == 0, f"tflite_runtime_x86.sh {step}: {proc.stdout}{proc.stderr}"
+    settings = dict(line.split("=", 1) for line in (folder / "device.env").read_text().splitlines()
+                    if line and not line.startswith("#"))
+    yield settings
+    subprocess.run(["bash", str(script), "stop"], capture_output=True, text=True, timeout=60, env=env, check=True)
+
+
+def test_verify_against_x86_tflite_runtime_2_14(x86_tflite_runtime, tmp_path):
+    """`edgecnn verify BUNDLE --target ssh://... --remote-python ~/venv/bin/python`, the device
+    running tflite-runtime 2.14: a tiny classifier's int8 and float32 outputs within verify's
+    tolerance, so a change that breaks int8 agreement with that older runtime fails here.
+
+    The bundle is helpers.tiny_bundle (4 operators, tolerance 6 steps), not this module's
+    build: its one-epoch MobileNet student is near chance (12.5 %), and its near-tied int8
+    outputs differ on tflite-runtime 2.14 by up to 39 steps with top-1 0.62 (measured
+    2026-12-06), which says nothing about a trained model (the quickstart student: 18 steps).
+    """
+    s = x86_tflite_runtime
+    bundle = tiny_bundle(tmp_path, samples=16, seed=11)
+    assert s["EDGECNN_X86_TFLITE_HOST"].startswith(f"ssh://{getpass.getuser()}@127.0.0.1:")
+    proc = run_edgecnn("verify", str(bundle), "--target", s["EDGECNN_X86_TFLITE_HOST"], "--remote-python",
+                       s["EDGECNN_X86_TFLITE_PYTHON"], "--identity", s["EDGECNN_X86_TFLITE_IDENTITY"],
+                       "--known-hosts", s["EDGECNN_X86_TFLITE_KNOWN_HOSTS"], "--json", timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["ok"] and [m["file"] for m in report["models"]] == ["student_int8.tflite", "student_float32.tflite"]
+    for model in report["models"]:
+        assert model["runtime"].startswith("tflite-runtime 2.14"), model
+        assert model["golden_runtime"].startswith("ai-edge-litert"), model
+        assert model["samples"] == 16 and model["top1_agreement"] >= model["min_top1"]
+    int8 = report["models"][0]
+    assert int8["max_steps"] <= int8["tolerance_steps"]
