@@ -191,9 +191,11 @@ STAGES: tuple[Stage, ...] = (
                     f"split, else up to {r.quantize.gate_attempts} candidates with the worst layers kept float",
           environment=_stages.gate_environment, check=_stages.check_gate),
     # No recipe section: the output depends only on the int8 model and the compiler.
-    Stage("edgetpu", (), ("model.tflite.int8",), (EDGETPU_FORMAT.role,), _stages.run_edgetpu,
+    Stage("edgetpu", (), ("model.tflite.int8", "model.tflite.int8.*"), (EDGETPU_FORMAT.role, f"{EDGETPU_FORMAT.role}.*"),
+          _stages.run_edgetpu,
           lambda r: "edgetpu" in r.export.formats,
-          lambda r: "compile the int8 model for the Coral Edge TPU with edgetpu_compiler"
+          lambda r: "compile every int8 model (student" + (", pruned" if r.prune else "") + (", qat" if r.qat else "")
+                    + ") for the Coral Edge TPU with edgetpu_compiler"
                     + ("" if shutil.which(EDGETPU_COMPILER) else " (not on PATH here: skipped, the build goes on)"),
           environment=_stages.edgetpu_environment),
     Stage("evaluate", ("evaluate",), ("dataset", "model.tflite.*"), ("report.evaluation",), _stages.run_evaluate,
