@@ -319,16 +319,18 @@ def test_cache_info_and_prune_commands(recipe_file, tmp_path, private_cache, war
     assert dry.returncode == 0 and f"would remove {len(STAGES)} entries" in dry.stdout
     assert len(list((private_cache / "entries").iterdir())) == len(STAGES)
     assert cli("prune", "--older-than", "1").stdout.startswith("removed 0 entries")
-    # An entry last used three days ago goes with --older-than 2; the others stay.
+    # The README's line: an entry last used 31 days ago goes with --older-than 30; the others stay.
     old_entry = sorted((private_cache / "entries").iterdir())[0]
-    three_days_ago = time.time() - 3 * 86400
+    month_ago = time.time() - 31 * 86400
     for path in (old_entry, *old_entry.rglob("*")):
-        os.utime(path, (three_days_ago, three_days_ago))
-    aged = cli("prune", "--older-than", "2")
+        os.utime(path, (month_ago, month_ago))
+    aged = cli("prune", "--older-than", "30")
     assert aged.returncode == 0 and aged.stdout.startswith("removed ") and old_entry.name[:12] in aged.stdout, \
         aged.stdout
     assert "removed 1 entries" in aged.stdout and not old_entry.exists()
     assert len(list((private_cache / "entries").iterdir())) == len(STAGES) - 1
+    roomy = cli("prune", "--max-size", "2G")  # the README's other line: a tiny cache is under 2 GB
+    assert roomy.returncode == 0 and roomy.stdout.startswith("removed 0 entries"), roomy.stdout
     done = cli("prune", "--max-size", "0")
     assert done.returncode == 0 and f"removed {len(STAGES) - 1} entries" in done.stdout
     assert not list((private_cache / "entries").iterdir())

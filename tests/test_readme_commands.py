@@ -354,3 +354,43 @@ def test_verify_against_x86_tflite_runtime_2_14(x86_tflite_runtime, tmp_path):
         assert model["samples"] == 16 and model["top1_agreement"] >= model["min_top1"]
     int8 = report["models"][0]
     assert int8["max_steps"] <= int8["tolerance_steps"]
+
+
+# ----------------------------------------------------------------- commands that need hardware
+#
+# No phone, Coral or camera can exist on a CI machine: these run the README's lines as
+# written and check the one thing they can prove here, that each reaches the real program
+# (adb, the Edge TPU delegate loader, OpenCV's camera) and fails in one line naming the
+# device and the fix, exit 5. What only the hardware proves (latency, delegate placement,
+# frames) is in device_tests/.
+
+
+def test_bench_on_an_android_phone_as_written_names_the_missing_phone(built, tmp_path):
+    """``edgecnn bench $M --target android:R58M123ABC --benchmark-binary android_aarch64_benchmark_model``
+    with the real adb and no phone attached. The benchmark binary is a stand-in file (never
+    run: the phone check comes first)."""
+    assert shutil.which("adb"), "adb is installed by `bash tools/dev.sh test`"
+    (tmp_path / "android_aarch64_benchmark_model").write_bytes(b"\x7fELF")
+    proc = run_edgecnn("bench", str(built / "student_int8.tflite"), "--target", "android:R58M123ABC",
+                       "--benchmark-binary", "android_aarch64_benchmark_model", cwd=tmp_path)
+    assert proc.returncode == 5, proc.stderr
+    assert "Android device 'R58M123ABC' is not attached" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bench_on_a_coral_as_written_names_the_missing_edge_tpu(built):
+    """``edgecnn bench ..._edgetpu.tflite --target coral:usb`` (here the int8 file: no
+    compiler, so no compiled file) without the Edge TPU runtime: one line with the fix."""
+    proc = run_edgecnn("bench", str(built / "student_int8.tflite"), "--target", "coral:usb", "--runs", "3")
+    assert proc.returncode == 5, proc.stderr
+    out = proc.stdout + proc.stderr
+    assert "libedgetpu.so.1" in out and "libedgetpu1-std" in out and "'usb'" in out
+    assert "Traceback" not in proc.stderr
+
+
+def test_demo_on_camera_0_as_written_names_the_missing_camera(built, bundle_all):
+    """``edgecnn demo --model quickstart_bundle --source 0`` on a machine with no camera."""
+    proc = run_edgecnn("demo", "--model", str(bundle_all), "--source", "0")
+    assert proc.returncode == 5, proc.stderr
+    assert "camera 0 cannot be opened" in proc.stderr and "/dev/video" in proc.stderr
+    assert "Traceback" not in proc.stderr

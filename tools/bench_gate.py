@@ -21,8 +21,6 @@ files; writes ``bench_gate.json`` into ``--out``.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -62,23 +60,19 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench_out")
     args = parser.parse_args(argv)
 
-    if not (args.run / "student.keras").is_file():
-        subprocess.run([sys.executable, "-m", "edgecnn.cli", "build", str(args.recipe), "--out", str(args.run)],
-                       check=True)
-    from edgecnn.data import load_dataset, representative_images
+    from _built_student import built_student
+
+    built = built_student(args.run, args.recipe)
     from edgecnn.export import gate, requantize
     from edgecnn.export.formats import get_format
     from edgecnn.export.tflite import convert, inference_model
-    from edgecnn.recipe import load_recipe
     from edgecnn.runtime.interpreter import make_interpreter, predict
     from edgecnn.stages.common import load_model
     from edgecnn.tflite.reader import inspect_tflite
 
-    recipe = load_recipe(args.recipe)
-    ds = load_dataset(recipe.data, recipe.seed)
+    ds, calibration = built.dataset, built.calibration
     x_val, y_val = ds.normalization.apply(ds.x_val), ds.y_val
     x_test, y_test = ds.normalization.apply(ds.x_test), ds.y_test
-    calibration = ds.normalization.apply(representative_images(ds, recipe.data.representative_samples, recipe.seed))
 
     def accuracy(model, x, y) -> float:
         return float(np.mean(predict(make_interpreter(model, threads=1), x).argmax(-1) == y))

@@ -20,7 +20,6 @@ mixed, int4 files of a build) get the same old-runtime check. Edge TPU compilati
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -94,22 +93,16 @@ def main(argv=None) -> int:
     parser.add_argument("--extra", type=Path, nargs="*", default=[])
     parser.add_argument("--out", type=Path, default=ROOT / "bench_out")
     args = parser.parse_args(argv)
-    if not (args.run / "student.keras").is_file():
-        subprocess.run([sys.executable, "-m", "edgecnn.cli", "build", str(args.recipe), "--out", str(args.run)],
-                       check=True)
+    from _built_student import built_student
 
-    from edgecnn.data import load_dataset, representative_images
+    built = built_student(args.run, args.recipe)
     from edgecnn.export import requantize
     from edgecnn.export.tflite import convert_int8, inference_model
-    from edgecnn.recipe import load_recipe
     from edgecnn.runtime.interpreter import make_interpreter, predict
     from edgecnn.stages.common import load_model
 
-    recipe = load_recipe(args.recipe)
-    ds = load_dataset(recipe.data, recipe.seed)
+    ds, calibration = built.dataset, built.calibration
     x_test, y_test = ds.normalization.apply(ds.x_test), ds.y_test
-    samples = recipe.quantize.calibration_samples or recipe.data.representative_samples
-    calibration = ds.normalization.apply(representative_images(ds, samples, recipe.seed))
     float_path = args.run / "student_float32.tflite"
     old_python = args.old_python if Path(args.old_python).is_file() else None
 
