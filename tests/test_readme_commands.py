@@ -356,6 +356,37 @@ def test_verify_against_x86_tflite_runtime_2_14(x86_tflite_runtime, tmp_path):
     assert int8["max_steps"] <= int8["tolerance_steps"]
 
 
+def test_bench_on_local_and_ssh_targets_with_inputs_into_a_run_directory(built, x86_tflite_runtime, tmp_path):
+    """The README's two-target line: `edgecnn bench $M --target local --target ssh://... --remote-python
+    ... --inputs BUNDLE/golden_int8.npz --out RUN` (plus the test device's key files): one
+    result per target appended to RUN/bench.jsonl, each with device-side accuracy on the
+    same 16 samples, and each target's runtime named (ai-edge-litert here, tflite-runtime
+    2.14 over SSH). The tiny bundle, not this module's near-chance student, as above."""
+    from edgecnn.bench.schema import load_results
+
+    s = x86_tflite_runtime
+    bundle = tiny_bundle(tmp_path, samples=16, seed=12)
+    model = bundle / "student_int8.tflite"
+    run = tmp_path / "bench_run"  # a run directory of the user's (tiny_bundle's own is tmp_path/run)
+    run.mkdir()
+    proc = run_edgecnn("bench", str(model), "--target", "local", "--target", s["EDGECNN_X86_TFLITE_HOST"],
+                       "--remote-python", s["EDGECNN_X86_TFLITE_PYTHON"], "--identity", s["EDGECNN_X86_TFLITE_IDENTITY"],
+                       "--known-hosts", s["EDGECNN_X86_TFLITE_KNOWN_HOSTS"], "--inputs", str(bundle / "golden_int8.npz"),
+                       "--out", str(run), "--runs", "5", "--warmup", "1", timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = load_results(run / "bench.jsonl")
+    assert [r["target"] for r in results] == ["local", s["EDGECNN_X86_TFLITE_HOST"]]
+    with np.load(bundle / "golden_int8.npz") as golden:
+        expected = float((golden["outputs"].argmax(-1) == golden["y"]).mean())
+    for result in results:
+        assert result["status"] == "ok" and result["samples"] == 16, result
+    assert results[0]["accuracy"] == pytest.approx(expected, abs=1e-12)  # same runtime as the goldens
+    # The old runtime's int8 kernels round differently (verify allows 6 steps on this model):
+    # at most one of 16 top-1 decisions may differ.
+    assert abs(results[1]["accuracy"] - expected) <= 1 / 16 + 1e-12
+    assert "tflite-runtime" in json.dumps(results[1]) and "2.14" in json.dumps(results[1])
+
+
 # ----------------------------------------------------------------- commands that need hardware
 #
 # No phone, Coral or camera can exist on a CI machine: these run the README's lines as
