@@ -669,10 +669,16 @@ def _load_with_extends(path: Path, chain: tuple[Path, ...]) -> tuple[dict, _Prov
 
 
 def deep_merge(base: dict, override: dict) -> dict:
-    """Return ``base`` updated by ``override``: mappings merge key by key, anything else is replaced."""
+    """Return ``base`` updated by ``override``: mappings merge key by key, anything else is replaced.
+
+    A mapping whose ``kind`` changes (a tagged union such as ``prune.schedule``) is replaced
+    whole: the parent's keys of another kind (``power`` of a polynomial schedule) mean
+    nothing to the new one and would be refused as unknown keys.
+    """
     merged = dict(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+        if (isinstance(value, dict) and isinstance(merged.get(key), dict)
+                and ("kind" not in value or value.get("kind") == merged[key].get("kind"))):
             merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value

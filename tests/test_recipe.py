@@ -417,3 +417,18 @@ def test_validate_prints_the_warning_without_tensorflow(tmp_path, digits_folder)
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "horizontal_flip" in warnings[0]
     assert "TF=False" in proc.stderr
+
+
+def test_extends_replaces_a_schedule_whose_kind_changes(tmp_path):
+    """A child recipe switching prune.schedule from polynomial_decay (parent) to constant gets
+    the constant schedule alone, not the parent's power/initial_sparsity refused as unknown."""
+    from edgecnn.recipe import deep_merge, load_recipe
+
+    parent = tmp_path / "parent.yaml"
+    parent.write_text("name: p\nprune: {sparsity: 0.5, schedule: {kind: polynomial_decay, initial_sparsity: 0.1, power: 3}}\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: parent.yaml\nname: c\nprune: {schedule: {kind: constant}}\n")
+    recipe = load_recipe(child)
+    assert recipe.prune.schedule.kind == "constant" and recipe.prune.sparsity == 0.5
+    # Same kind: still merged key by key.
+    assert deep_merge({"s": {"kind": "a", "x": 1}}, {"s": {"kind": "a", "y": 2}}) == {"s": {"kind": "a", "x": 1, "y": 2}}
