@@ -97,11 +97,10 @@ def calibrate(model: FloatModel, images: np.ndarray, threads: int = 1) -> dict:
 
     manager = recipe_manager.RecipeManager()
     manager.load_quantization_recipe(recipe.static_wi8_ai8())
+    samples = [{model.input_name: images[i:i + 1].astype(np.float32)} for i in range(len(images))]
     with _quiet():
         calib = calibrator.Calibrator(model.path.read_bytes(), num_threads=threads,
                                       qsv_update_func=qsv_utils.min_max_update)
-    samples = [{model.input_name: images[i:i + 1].astype(np.float32)} for i in range(len(images))]
-    with _quiet():
         calib.calibrate({model.signature: samples}, manager)
     return calib.get_model_qsvs()
 

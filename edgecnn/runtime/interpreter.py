@@ -406,9 +406,10 @@ def evaluate_tflite(path: str | os.PathLike, x_float: np.ndarray, y: np.ndarray,
     return float(np.mean(predicted == labels))
 
 
-def predict_classes(path: str | os.PathLike, x_float: np.ndarray, num_threads: int = 2, batch_size: int = 64,
+def predict_classes(path: str | os.PathLike | bytes, x_float: np.ndarray, num_threads: int = 2, batch_size: int = 64,
                     runtime: str | None = None) -> np.ndarray:
-    """The top-1 class a single-input classifier ``.tflite`` predicts for each real-valued sample.
+    """The top-1 class a single-input classifier ``.tflite`` (a path, or the model's bytes)
+    predicts for each real-valued sample.
 
     Raises:
         ModelFileError: the model cannot be loaded.

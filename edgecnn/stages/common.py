@@ -213,6 +213,20 @@ def calibration_images(recipe: "Recipe", ctx: "BuildContext", samples: int | Non
     return ds.normalization.apply(representative_images(ds, n, recipe.seed))
 
 
+def float32_file(ctx: "BuildContext", source: Artifact, folder: Path) -> tuple[Path, bool]:
+    """The float32 ``.tflite`` of Keras model ``source`` that litert-quantizer starts from: the
+    export stage's, else one converted into ``folder`` (a temporary folder of the caller's,
+    when ``export.formats`` leaves float32 out). Also whether it is the exported one."""
+    from edgecnn.export.formats import get_format
+    from edgecnn.export.tflite import convert
+
+    fmt = get_format("float32")
+    exported = ctx.artifacts.get(fmt.role_for(source.name))
+    if exported is not None:
+        return exported.path, True
+    return convert(model_to_convert(ctx, source)[0], fmt, Path(folder) / "float32.tflite"), False
+
+
 def model_to_convert(ctx: "BuildContext", source: Artifact | None = None):
     """``source`` (default: the latest Keras model in the chain) loaded for conversion, and its artifact."""
     from edgecnn.export.tflite import inference_model

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 
 from edgecnn.artifacts import Artifact
 from edgecnn.stage import StageResult
-from edgecnn.stages.common import add_metadata, calibration_images, deployable_models, format_artifact, model_to_convert
+from edgecnn.stages.common import (add_metadata, calibration_images, deployable_models, float32_file, format_artifact,
+                                   model_to_convert)
 
 if TYPE_CHECKING:
     from edgecnn.recipe import Recipe
@@ -42,12 +43,12 @@ def gate_environment(recipe: "Recipe") -> dict[str, str]:
 
 
 def _accuracy(model, x, y) -> float:
+    """Top-1 accuracy of a model (file or bytes) on one thread, as the gate measures candidates."""
     import numpy as np
 
-    from edgecnn.runtime.interpreter import make_interpreter, predict
+    from edgecnn.runtime.interpreter import predict_classes
 
-    scores = predict(make_interpreter(model, threads=1), x)
-    return float(np.mean(scores.reshape(len(x), -1).argmax(axis=-1) == y))
+    return float(np.mean(predict_classes(model, x, num_threads=1) == y))
 
 
 def run_gate(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
@@ -57,14 +58,13 @@ def run_gate(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
     from edgecnn.errors import RecipeError
     from edgecnn.export import gate, requantize
     from edgecnn.export.formats import GATED_FORMAT, get_format
-    from edgecnn.export.tflite import convert
     from edgecnn.fileio import write_bytes_atomic, write_json_atomic
 
     cfg = recipe.quantize
     ds = ctx.dataset
     x_val, y_val = ds.normalization.apply(ds.x_val), np.asarray(ds.y_val).reshape(-1)
     calibration = calibration_images(recipe, ctx)
-    int8, float32 = get_format("int8"), get_format("float32")
+    int8 = get_format("int8")
     produced, records = [], []
     resolution = 100 / max(1, len(y_val))  # points one validation image is worth
     if cfg.max_drop < resolution:
@@ -78,27 +78,21 @@ def run_gate(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
         record: dict = {"model": quantized.path.name, "source": source.role, "max_drop_points": cfg.max_drop,
                         "validation_images": int(len(y_val))}
         with tempfile.TemporaryDirectory(prefix=".gate-", dir=ctx.out_dir) as tmp:
-            exported = ctx.artifacts.get(float32.role_for(source.name))
-            float_path = exported.path if exported is not None else None
-            keras_model = None
-            if float_path is None:  # export.formats left float32 out: convert one for the gate
-                keras_model, _ = model_to_convert(ctx, source)
-                float_path = convert(keras_model, float32, Path(tmp) / "float32.tflite")
+            float_path, exported = float32_file(ctx, source, Path(tmp))
             float_acc = _accuracy(float_path, x_val, y_val)
             int8_acc = _accuracy(quantized.path, x_val, y_val)
             drop = round((float_acc - int8_acc) * 100, 3)
             record.update(float_accuracy=round(float_acc, 5), int8_accuracy=round(int8_acc, 5), int8_drop_points=drop)
             ctx.progress.line(f"    {quantized.path.name}: {int8_acc:.2%} on {len(y_val)} validation images, drop "
-                              f"{drop:+.2f} points against {Path(float_path).name if exported else 'its float model'} "
+                              f"{drop:+.2f} points against {float_path.name if exported else 'its float model'} "
                               f"({float_acc:.2%}); budget {cfg.max_drop:g}")
             if drop <= cfg.max_drop:
                 record.update(passed=True, gated_model=None, kept_float=[], attempts=[])
                 records.append(record)
                 continue
             start = time.perf_counter()
-            if keras_model is None:
-                keras_model, _ = model_to_convert(ctx, source)
-            described = requantize.describe(Path(float_path))
+            keras_model, _ = model_to_convert(ctx, source)  # the debugger converts it again to rank layers
+            described = requantize.describe(float_path)
             ranked = gate.rank_layers(keras_model, calibration, described.op_outputs)
             ranges = requantize.calibrate(described, calibration)
             prepared = time.perf_counter()

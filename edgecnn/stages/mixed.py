@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgecnn.stage import StageResult
-from edgecnn.stages.common import add_metadata, calibration_images, deployable_models, format_artifact, model_to_convert
+from edgecnn.stages.common import add_metadata, calibration_images, deployable_models, float32_file, format_artifact
 
 if TYPE_CHECKING:
     from edgecnn.recipe import Recipe
@@ -52,21 +52,17 @@ def check_mixed(recipe: "Recipe") -> None:
 def run_mixed(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
     """``<model>_int8_mixed.tflite`` for every post-training deployable model."""
     from edgecnn.export import requantize
-    from edgecnn.export.formats import MIXED_FORMAT, get_format
+    from edgecnn.export.formats import MIXED_FORMAT
     from edgecnn.export.gate import layer_names
-    from edgecnn.export.tflite import convert
     from edgecnn.fileio import write_bytes_atomic
 
     mixed = recipe.quantize.mixed
     calibration = calibration_images(recipe, ctx)
-    float32 = get_format("float32")
     produced, records = [], []
     for source in deployable_models(ctx, quantization_aware=False):
         with tempfile.TemporaryDirectory(prefix=".mixed-", dir=ctx.out_dir) as tmp:
-            exported = ctx.artifacts.get(float32.role_for(source.name))
-            float_path = exported.path if exported is not None else \
-                convert(model_to_convert(ctx, source)[0], float32, Path(tmp) / "float32.tflite")
-            described = requantize.describe(Path(float_path))
+            float_path, _ = float32_file(ctx, source, Path(tmp))
+            described = requantize.describe(float_path)
             precisions, layers = {}, {}
             for pattern, precision in mixed.items():
                 ops = [name for name in described.op_outputs
