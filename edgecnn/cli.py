@@ -255,11 +255,21 @@ def data() -> None:
 
 @data.command("download")
 @click.argument("name", type=click.Choice(["fashion_mnist"]))
-def data_download(name: str) -> None:
-    """Make NAME available offline (finds a local copy first, else downloads and verifies sha256)."""
-    from edgecnn.data.fashion_mnist import locate_fashion_mnist
+@click.option("--url", metavar="URL", default=None,
+              help="Mirror holding the four .gz files (default $EDGECNN_DATA_URL, else the URL Keras uses).")
+@click.option("--to", "to", metavar="DIR", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Download the missing files into DIR, without searching for a local copy first.")
+def data_download(name: str, url: str | None, to: Path | None) -> None:
+    """Make NAME available offline.
 
-    click.echo(f"{name}: {locate_fashion_mnist(None, download=True)}")
+    Without --to it finds a local copy first (see `edgecnn build`'s search order), else
+    downloads into the Keras cache. Each download is checked against the sha256 of the
+    official decompressed files and renamed into place only then.
+    """
+    from edgecnn.data.fashion_mnist import download_fashion_mnist, locate_fashion_mnist
+
+    folder = download_fashion_mnist(to, base_url=url) if to is not None else locate_fashion_mnist(None, download=True, base_url=url)
+    click.echo(f"{name}: {folder}")
 
 
 @main.command()

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
+import threading
+from pathlib import Path
 
 import pytest
 from helpers import build_bench_models
@@ -12,6 +16,27 @@ from helpers import build_bench_models
 def bench_models(tmp_path_factory):
     """The tiny int8 benchmark model, its Edge TPU-op copy and labelled samples (see helpers)."""
     return build_bench_models(tmp_path_factory.mktemp("bench"))
+
+
+@pytest.fixture
+def http_dir():
+    """Start a local HTTP server for a folder; yields ``serve(folder) -> base_url``."""
+    servers = []
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):  # keep pytest output clean
+            return None
+
+    def serve(folder: Path) -> str:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/"
+
+    yield serve
+    for server in servers:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture(scope="module", autouse=True)

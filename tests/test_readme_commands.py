@@ -11,6 +11,7 @@ second runtime (x86 tflite-runtime 2.14 from ``tools/tflite_runtime_x86.sh``) ov
 from __future__ import annotations
 
 import getpass
+import gzip
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import FASHION_LABELS, free_port, run_edgecnn, tiny_bundle, write_teacher_path_recipe
+from helpers import FASHION_LABELS, assert_one_line_error, free_port, run_edgecnn, tiny_bundle, write_teacher_path_recipe
 
 from edgecnn.bundle_layout import BUNDLE_MANIFEST
 from edgecnn.data import fashion_mnist
@@ -290,8 +291,7 @@ def test_demo_on_a_clip_writes_the_annotated_video_and_one_log_line_per_frame(bu
 
 def test_data_download_finds_the_copy_already_there(tmp_path):
     """`edgecnn data download fashion_mnist` with the files in $EDGECNN_DATA: prints that
-    folder and downloads nothing. (Pointing the command at a download server is not
-    possible: the URL is fixed and the files' sha256 pins Google's bytes.)"""
+    folder and downloads nothing."""
     folder = tmp_path / "fmnist"
     folder.mkdir()
     source = fashion_mnist.locate_fashion_mnist(None, download=False)
@@ -304,6 +304,45 @@ def test_data_download_finds_the_copy_already_there(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"fashion_mnist: {folder}"
     assert not home.exists()
+
+
+def test_data_download_from_a_mirror(tmp_path, http_dir):
+    """`edgecnn data download fashion_mnist --url URL --to DIR` against a local HTTP server
+    serving the installed copy (the Debian package's re-gzipped files: the pinned sha256 is of
+    the decompressed content, so they pass like Google's archives would). The build's route
+    through `$EDGECNN_DATA_URL` is tested in test_data.py, where the system folder can be
+    hidden."""
+    source = fashion_mnist.locate_fashion_mnist(None, download=False)
+    served = tmp_path / "mirror"
+    served.mkdir()
+    for name in fashion_mnist.FILES:
+        found = fashion_mnist.find_files(source)[name]
+        if found.name != name:  # an uncompressed copy: serve it as the .gz a mirror holds
+            (served / name).write_bytes(gzip.compress(found.read_bytes()))
+        else:
+            (served / name).symlink_to(found)
+    url = http_dir(served)
+    to = tmp_path / "downloaded"
+    proc = run_edgecnn("data", "download", "fashion_mnist", "--url", url, "--to", str(to))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"fashion_mnist: {to}"
+    assert sorted(p.name for p in to.iterdir()) == sorted(fashion_mnist.FILES)
+    assert fashion_mnist.load_fashion_mnist(to).x_test.shape == (10000, 28, 28, 1)
+
+    # A mirror serving a tampered file: one line naming its URL, exit 3, nothing written.
+    tampered = tmp_path / "tampered"
+    tampered.mkdir()
+    for name in fashion_mnist.FILES:
+        (tampered / name).symlink_to(served / name)
+    labels = fashion_mnist.FILES[3]
+    (tampered / labels).unlink()
+    content = bytearray(gzip.decompress((served / labels).read_bytes()))
+    content[-1] = (content[-1] + 1) % 10  # one test label changed
+    (tampered / labels).write_bytes(gzip.compress(bytes(content)))
+    bad_to = tmp_path / "bad"
+    proc = run_edgecnn("data", "download", "fashion_mnist", "--url", http_dir(tampered), "--to", str(bad_to))
+    assert_one_line_error(proc, 3, "sha256 mismatch", labels)
+    assert sorted(p.name for p in bad_to.iterdir()) == sorted(fashion_mnist.FILES[:3])  # the three good ones only
 
 
 # ------------------------------------------------------------------------ a second runtime

@@ -9,13 +9,16 @@ search order is, first folder holding all four files wins:
 3. the Keras download cache ``$KERAS_HOME/datasets/fashion-mnist`` (``~/.keras`` by default).
 
 If none has them, the missing files are downloaded into the Keras cache from the URLs
-Keras itself uses, verified by sha256 and written atomically. No TensorFlow here.
+Keras itself uses (or a mirror: ``$EDGECNN_DATA_URL``, ``edgecnn data download --url``),
+verified by sha256 and written atomically. No TensorFlow here.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import http.client
+import zlib
 import os
 import urllib.error
 import urllib.parse
@@ -39,15 +42,18 @@ FILES = (
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
 BASE_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
-# sha256 of the official .gz files (tensorflow/datasets url_checksums/fashion_mnist.txt;
-# the byte sizes there, 26421880 etc., match what Keras downloads from BASE_URL). The
-# Debian package's files hold the same images but were re-gzipped, so their .gz bytes
-# differ: these hashes check downloads only, never a local copy.
+URL_ENV_VAR = "EDGECNN_DATA_URL"  # a mirror holding the four .gz files, used instead of BASE_URL
+# sha256 of each file's decompressed IDX bytes, the content every copy shares. The .gz bytes
+# are not pinned: the official archives (tensorflow/datasets url_checksums/fashion_mnist.txt,
+# 26421880 bytes for the training images) and Debian's re-gzipped copies (26421856 bytes,
+# another gzip header) hold the same images, and a mirror may compress them again.
+# These are the hashes of Debian's files decompressed; other projects pin the same values
+# as the raw hashes of the publisher's archives.
 SHA256 = {
-    "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
-    "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
-    "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
-    "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+    "train-images-idx3-ubyte.gz": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte.gz": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte.gz": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte.gz": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
 }
 
 ENV_VAR = "EDGECNN_DATA"
@@ -96,7 +102,7 @@ def locate_fashion_mnist(
     path: Optional[str | Path] = None,
     *,
     download: bool = True,
-    base_url: str = BASE_URL,
+    base_url: Optional[str] = None,
     timeout: float = DOWNLOAD_TIMEOUT_S,
 ) -> Path:
     """Find the folder holding the four Fashion-MNIST files, downloading them if needed.
@@ -105,7 +111,7 @@ def locate_fashion_mnist(
         path: the recipe's ``data.path`` (searched first), or None.
         download: when no folder has the files, try to download them into
             :func:`keras_cache_dir`.
-        base_url: where to download from (tests point it at a local server).
+        base_url: where to download from (None: :func:`download_url`).
         timeout: seconds to wait on each network operation.
 
     Returns:
@@ -137,24 +143,29 @@ def locate_fashion_mnist(
         raise DataError(f"Fashion-MNIST not found (looked in {looked}) and the download failed ({exc}); {HOW_TO_GET}") from None
 
 
+def download_url() -> str:
+    """The URL downloads come from: ``$EDGECNN_DATA_URL`` when set (a mirror), else :data:`BASE_URL`."""
+    return os.environ.get(URL_ENV_VAR) or BASE_URL
+
+
 def download_fashion_mnist(
     target_dir: str | Path,
     *,
-    base_url: str = BASE_URL,
+    base_url: Optional[str] = None,
     expected_sha256: Optional[Mapping[str, str]] = None,
     timeout: float = DOWNLOAD_TIMEOUT_S,
 ) -> Path:
     """Download the files of :data:`FILES` missing from ``target_dir``.
 
     Each file is streamed to a temporary name beside its target, hashed on the way, and
-    renamed into place only when its sha256 matches, so an interrupted or tampered
-    download never leaves a file that a later search would accept.
+    renamed into place only when the sha256 of its decompressed content matches, so an
+    interrupted or tampered download never leaves a file that a later search would accept.
 
     Args:
         target_dir: folder to fill (created if needed).
-        base_url: http(s) URL the file names are appended to.
-        expected_sha256: file name -> sha256 hex digest of the expected bytes
-            (None = :data:`SHA256`, the official files).
+        base_url: http(s) URL the file names are appended to (None: :func:`download_url`).
+        expected_sha256: file name -> sha256 hex digest of its decompressed content
+            (None = :data:`SHA256`, the official images and labels).
         timeout: seconds to wait on each network operation.
 
     Returns:
@@ -165,6 +176,7 @@ def download_fashion_mnist(
             hash mismatch, unwritable folder).
     """
     target_dir = Path(target_dir).expanduser()
+    base_url = base_url or download_url()
     if urllib.parse.urlsplit(base_url).scheme not in ("http", "https"):
         raise DataError(f"{base_url}: download URL must be http(s); use a local folder via data.path instead")
     base = base_url if base_url.endswith("/") else base_url + "/"
@@ -214,16 +226,16 @@ def _describe(folder: Path) -> str:
 
 
 def _download_one(url: str, target: Path, sha256: str, timeout: float) -> None:
-    digest = hashlib.sha256()
     try:
         with atomic_path(target) as tmp:
             with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
                 for block in iter(lambda: response.read(1 << 20), b""):
-                    digest.update(block)
                     out.write(block)
-            if digest.hexdigest() != sha256:
+            got = _content_sha256(tmp, url)
+            if got != sha256:
                 # Raising inside atomic_path deletes the temporary file.
-                raise DataError(f"{url}: sha256 mismatch (got {digest.hexdigest()[:12]}..., expected {sha256[:12]}...); the download is corrupt or not the official file")
+                raise DataError(f"{url}: sha256 mismatch of the decompressed file (got {got[:12]}..., expected {sha256[:12]}...); "
+                                "the download is corrupt or not the official Fashion-MNIST file")
     except urllib.error.HTTPError as exc:
         raise DataError(f"{url}: HTTP {exc.code} {exc.reason}") from None
     except urllib.error.URLError as exc:
@@ -232,3 +244,15 @@ def _download_one(url: str, target: Path, sha256: str, timeout: float) -> None:
         raise DataError(f"{url}: {type(exc).__name__} {exc} (offline or interrupted?)") from None
     except OSError as exc:
         raise DataError(f"{target}: cannot write the download ({exc.strerror or exc}); check permissions on {target.parent}") from None
+
+
+def _content_sha256(path: Path, url: str) -> str:
+    """sha256 of the gzip file's decompressed bytes, streamed (47 MB for the training images)."""
+    digest = hashlib.sha256()
+    try:
+        with gzip.open(path, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise DataError(f"{url}: not a complete gzip file ({exc}); the download is corrupt or the mirror serves another format") from None
+    return digest.hexdigest()
