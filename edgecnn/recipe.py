@@ -207,9 +207,10 @@ class PruneConfig(_Section):
     small share of a MobileNet). ``include``/``exclude`` change that by layer-name globs.
     """
 
-    method: Literal["magnitude", "channels"] = Field("magnitude", description="magnitude: zero the smallest weights (a smaller gzip; latency only on XNNPACK's sparse float path). channels: remove whole channels of every 1x1 convolution whose width is free (MobileNetV2 expansions and head) for a smaller, faster dense model.")
+    method: Literal["magnitude", "channels"] = Field("magnitude", description="magnitude: zero the smallest weights (a smaller gzip; latency only on XNNPACK's sparse float path). channels: remove whole channels (MobileNetV2 expansions, stem, head and residual chains) for a smaller, faster dense model.")
     ratio: Optional[float] = Field(None, gt=0.0, lt=1.0, description="method channels: fraction of each prunable layer's channels to remove (kept count rounded to a multiple of 8).")
     criterion: Literal["l1", "bn_gamma"] = Field("l1", description="method channels: rank channels by the L1 norm of their kernel or by |gamma| of the BatchNorm after it.")
+    residual: bool = Field(True, description="method channels: also remove channels that residual Adds tie together (each MobileNetV2 stage's projections, pruned as one group); false prunes free widths only (expansions, stem, head).")
     sparsity: float = Field(0.5, ge=0.0, lt=1.0, description="Target fraction of zero weights in each pruned kernel.")
     schedule: Union[ConstantSparsity, PolynomialDecaySparsity] = Field(
         default_factory=PolynomialDecaySparsity, discriminator="kind",
@@ -249,6 +250,10 @@ class PruneConfig(_Section):
                 raise ValueError("prune.m_by_n is for method magnitude; channel pruning removes whole channels")
         elif self.ratio is not None:
             raise ValueError("prune.ratio is for method channels; magnitude pruning takes prune.sparsity")
+        else:
+            for key in ("criterion", "residual"):
+                if key in self.model_fields_set:
+                    raise ValueError(f"prune.{key} is for method channels; remove it or set prune.method: channels")
         if self.end <= self.begin:
             raise ValueError(f"prune: the schedule ends (end {self.end:g}) before it begins (begin {self.begin:g}); "
                              "set end > begin (fractions of the fine-tune)")

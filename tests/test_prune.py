@@ -316,40 +316,132 @@ def _student():
     return create_student("mobilenet_v2", (32, 32, 3), 10, StudentConfig(alpha=0.35))
 
 
-def test_channel_groups_are_the_expansions_the_last_projection_and_the_head():
-    """Free-width 1x1 layers: every expansion, the head, and the last block's projection (no
-    residual Add reads it); the other projections feed residual Adds and stay whole."""
+def test_channel_groups_of_mobilenet_v2_free_widths_and_residual_chains():
+    """Free widths: the stem, every expansion, the head, and the last block's projection (no
+    residual Add reads it). Residual chains: each stage's projections tied by their Adds, read by
+    the next blocks' expansions; the 8-channel chain of blocks 1-2 is under MIN_CHANNELS."""
     from edgecnn.compress.channels import find_channel_groups
 
-    groups = {g.producer: g for g in find_channel_groups(_student())}
-    assert set(groups) == {f"block_{i}_expand" for i in range(1, 17)} | {"block_16_project", "Conv_1"}
-    assert groups["block_1_expand"].consumer == "block_1_project"
-    assert "block_1_depthwise" in groups["block_1_expand"].path
-    assert groups["Conv_1"].consumer == "logits" and groups["Conv_1"].channels == 1280
+    model = _student()
+    free = {g.producer: g for g in find_channel_groups(model, residual=False)}
+    assert set(free) == {f"block_{i}_expand" for i in range(1, 17)} | {"Conv1", "block_16_project", "Conv_1"}
+    assert not any(g.residual for g in free.values())
+    assert free["block_1_expand"].consumers == ("block_1_project",)
+    assert "block_1_depthwise" in free["block_1_expand"].path
+    assert free["Conv_1"].consumers == ("logits",) and free["Conv_1"].channels == 1280
+    assert free["Conv1"].consumers == ("expanded_conv_project",)  # a 3x3 stem: its output width is free too
+
+    chains = [g for g in find_channel_groups(model) if g.residual]
+    assert [(g.producers, g.consumers, g.channels) for g in chains] == [
+        (("block_3_project", "block_4_project", "block_5_project"),
+         ("block_4_expand", "block_5_expand", "block_6_expand"), 16),
+        (("block_6_project", "block_7_project", "block_8_project", "block_9_project"),
+         ("block_7_expand", "block_8_expand", "block_9_expand", "block_10_expand"), 24),
+        (("block_10_project", "block_11_project", "block_12_project"),
+         ("block_11_expand", "block_12_expand", "block_13_expand"), 32),
+        (("block_13_project", "block_14_project", "block_15_project"),
+         ("block_14_expand", "block_15_expand", "block_16_expand"), 56),
+    ]
+    assert {"block_4_add", "block_5_add"} <= set(chains[0].path)
+
+
+@pytest.mark.parametrize("channels,ratio,kept", [
+    (48, 0.5, 24), (40, 0.5, 24), (56, 0.5, 32), (1280, 0.5, 640), (24, 0.5, 16), (16, 0.9, 8), (12, 0.5, 6), (8, 0.9, 1),
+])
+def test_kept_count_rounds_to_multiples_of_8_halves_up(channels, ratio, kept):
+    from edgecnn.compress.channels import kept_count
+
+    assert kept_count(channels, ratio) == kept
+
+
+def _zero_removed_inputs(model, groups, ratio):
+    """Zero the consumers' weights that read the channels pruning will remove."""
+    from edgecnn.compress.channels import channel_scores, kept_count
+
+    for group in groups:
+        keep = np.argsort(-channel_scores(model, group), kind="stable")[:kept_count(group.channels, ratio)]
+        removed = np.setdiff1d(np.arange(group.channels), keep)
+        for name in group.consumers:
+            consumer = model.get_layer(name)
+            weights = consumer.get_weights()
+            if weights[0].ndim == 4:
+                weights[0][:, :, removed, :] = 0
+            else:
+                weights[0][removed, :] = 0
+            consumer.set_weights(weights)
 
 
 def test_slim_model_reproduces_the_original_when_the_removed_channels_were_zero():
-    """Zero what the removed channels feed into; then removing them changes no output."""
-    from edgecnn.compress.channels import channel_scores, find_channel_groups, kept_count, prune_channels
+    """Zero what the removed channels feed into; then removing them changes no output (residual
+    chains included: a removed channel of a chain reaches only the chain's consumers)."""
+    from edgecnn.compress.channels import find_channel_groups, prune_channels
 
     model = _student()
-    groups = find_channel_groups(model)
-    for group in groups:
-        keep = np.argsort(-channel_scores(model, group), kind="stable")[:kept_count(group.channels, 0.5)]
-        removed = np.setdiff1d(np.arange(group.channels), keep)
-        consumer = model.get_layer(group.consumer)
-        weights = consumer.get_weights()
-        if weights[0].ndim == 4:
-            weights[0][:, :, removed, :] = 0
-        else:
-            weights[0][removed, :] = 0
-        consumer.set_weights(weights)
+    _zero_removed_inputs(model, find_channel_groups(model), 0.5)
     slim, widths = prune_channels(model, 0.5)
-    assert slim.count_params() < 0.5 * model.count_params()
+    assert slim.count_params() < 0.35 * model.count_params()
     assert widths["Conv_1"] == (1280, 640) and widths["block_1_expand"] == (48, 24)
+    assert {widths[f"block_{i}_project"] for i in (6, 7, 8, 9)} == {(24, 16)}  # one width per chain
     assert slim.output_shape == model.output_shape == (None, 10)
     x = np.random.default_rng(0).uniform(-1, 1, (8, 32, 32, 3)).astype(np.float32)
     np.testing.assert_allclose(slim.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+
+
+def _squeeze_excite_model():
+    """A conv block with squeeze-and-excitation (a Multiply with a 1x1xC gate, as MobileNetV3
+    and EfficientNet have), a Concatenate branch, and a classifier."""
+    from edgecnn._tf import keras
+
+    K = keras()
+    K.utils.set_random_seed(3)
+    L = K.layers
+    inputs = L.Input((12, 12, 3))
+    x = L.ReLU(name="a_relu")(L.BatchNormalization(name="a_bn")(L.Conv2D(32, 3, padding="same", name="a")(inputs)))
+    gate = L.GlobalAveragePooling2D(keepdims=True, name="se_pool")(x)
+    gate = L.Conv2D(8, 1, activation="relu", name="se_reduce")(gate)
+    gate = L.Conv2D(32, 1, activation="sigmoid", name="se_expand")(gate)
+    x = L.Multiply(name="se_mul")([x, gate])
+    y = L.Conv2D(24, 1, name="b")(x)
+    z = L.Conv2D(16, 1, name="c")(x)
+    x = L.Concatenate(name="cat")([y, z])  # b's and c's widths are fixed by what follows the concatenation
+    x = L.Conv2D(40, 1, name="d")(x)
+    x = L.GlobalAveragePooling2D(name="pool")(x)
+    return K.Model(inputs, L.Dense(3, name="logits")(x))
+
+
+def test_channel_groups_through_squeeze_excite_and_around_a_concatenation():
+    from edgecnn.compress.channels import find_channel_groups, prune_channels
+
+    model = _squeeze_excite_model()
+    groups = {g.producer: g for g in find_channel_groups(model)}
+    # The gate's channels are multiplied into a's: one group, read by the gate's reduction and by b, c.
+    assert groups["a"].producers == ("a", "se_expand") and groups["a"].residual
+    assert groups["a"].consumers == ("se_reduce", "b", "c")
+    assert set(groups) == {"a", "d"}  # se_reduce: 8 < MIN_CHANNELS; b, c: concatenated
+    assert find_channel_groups(model, residual=False) == [groups["d"]]
+    _zero_removed_inputs(model, groups.values(), 0.5)
+    slim, widths = prune_channels(model, 0.5)
+    assert widths == {"a": (32, 16), "se_expand": (32, 16), "d": (40, 24)}
+    x = np.random.default_rng(1).uniform(-1, 1, (4, 12, 12, 3)).astype(np.float32)
+    np.testing.assert_allclose(slim.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+
+
+def test_channel_pruning_follows_include_and_exclude():
+    from edgecnn.compress.channels import choose_groups
+
+    model = _student()
+    chosen = choose_groups(model, Recipe(name="x", prune={"method": "channels", "ratio": 0.5,
+                                                          "exclude": ["Conv_1", "block_1*"]}).prune)
+    producers = {name for g in chosen for name in g.producers}
+    assert "Conv_1" not in producers and "block_1_expand" not in producers and "block_2_expand" in producers
+    chosen = choose_groups(model, Recipe(name="x", prune={"method": "channels", "ratio": 0.5, "residual": False}).prune)
+    assert not any(g.residual for g in chosen) and len(chosen) == 19
+    with pytest.raises(RecipeError) as exc_info:
+        choose_groups(model, Recipe(name="x", prune={"method": "channels", "ratio": 0.5, "include": ["logitz"]}).prune)
+    assert_raised_error(exc_info, RecipeError, "prune.include", "'logitz'", "logits")
+    with pytest.raises(RecipeError) as exc_info:
+        choose_groups(model, Recipe(name="x", prune={"method": "channels", "ratio": 0.5, "include": ["logits"]}).prune)
+    assert_raised_error(exc_info, RecipeError, "leave none of the student's 23 channel groups")
 
 
 @pytest.mark.parametrize("prune,needle", [
@@ -358,6 +450,8 @@ def test_slim_model_reproduces_the_original_when_the_removed_channels_were_zero(
     ({"method": "channels", "ratio": 0.0}, "greater than 0"),
     ({"method": "channels", "ratio": 0.5, "m_by_n": [2, 4]}, "m_by_n is for method magnitude"),
     ({"ratio": 0.5}, "prune.ratio is for method channels"),
+    ({"residual": False}, "prune.residual is for method channels"),
+    ({"criterion": "bn_gamma"}, "prune.criterion is for method channels"),
 ])
 def test_bad_channel_sections_are_refused(prune, needle):
     with pytest.raises(ValidationError) as exc_info:

@@ -4,12 +4,13 @@
                                    [--runs 300] [--model runs/x/student.keras]
 
 Builds the student (untrained unless ``--model`` gives a trained ``.keras``), removes
-``--ratio`` of the channels of every free-width 1x1 convolution
-(:func:`edgecnn.compress.channels.prune_channels`), converts both to full-int8 TFLite and
-times them on ai-edge-litert with 1 thread: ``--runs`` invokes each after a warm-up,
-in alternating rounds of 25 so that load on the machine hits both alike. Prints the
-median and p90 of each and the speed-up, plus the expansion-only variant (head kept) for
-comparison. Latency does not depend on the weights' values, so an untrained model
+``--ratio`` of the channels of every channel group
+(:func:`edgecnn.compress.channels.prune_channels`: the default, residual chains included),
+converts each variant to full-int8 TFLite and times them on ai-edge-litert with 1 thread:
+``--runs`` invokes each after a warm-up, in alternating rounds of 25 so that load on the
+machine hits all alike. Prints the median and p90 of each and the speed-up. Variants:
+``channels`` (every group, the default), ``free widths`` (``prune.residual: false``: no
+residual chain), ``expansions only`` (free widths without the head). Latency does not depend on the weights' values, so an untrained model
 measures the same as a trained one.
 """
 
@@ -62,6 +63,7 @@ def main() -> None:
 
     from edgecnn.compress.channels import find_channel_groups, prune_channels
     from edgecnn.export.tflite import convert_int8, inference_model
+    from edgecnn.tflite.reader import count_macs
 
     if args.model:
         from edgecnn.models.loading import load_keras_model
@@ -73,15 +75,17 @@ def main() -> None:
 
         model = create_student("mobilenet_v2", (args.size, args.size, 3), 10,
                                StudentConfig(alpha=args.alpha, output_stride=args.output_stride))
-    groups = find_channel_groups(model)
-    slim, widths = prune_channels(model, args.ratio, groups=groups)
-    expansion_only, _ = prune_channels(model, args.ratio, groups=[g for g in groups if g.consumer != "logits"])
+    slim, widths = prune_channels(model, args.ratio)
+    free = find_channel_groups(model, residual=False)
+    free_only, _ = prune_channels(model, args.ratio, groups=free)
+    expansion_only, _ = prune_channels(model, args.ratio, groups=[g for g in free if g.producer != "Conv_1"])
     calibration = np.random.default_rng(0).uniform(-1, 1, (32, *model.input_shape[1:])).astype(np.float32)
     work = Path(tempfile.mkdtemp(prefix="bench-channels-"))
     paths = {}
-    for name, m in (("unpruned", model), ("channels", slim), ("expansion only", expansion_only)):
+    for name, m in (("unpruned", model), ("channels", slim), ("free widths", free_only), ("expansions only", expansion_only)):
         paths[name] = convert_int8(inference_model(m), calibration, "int8", work / f"{name.replace(' ', '_')}.tflite")
-        print(f"{name:>15}: {m.count_params():>9,} parameters, int8 file {paths[name].stat().st_size:>9,} bytes")
+        print(f"{name:>15}: {m.count_params():>9,} parameters, {count_macs(paths[name]):>11,} MACs, "
+              f"int8 file {paths[name].stat().st_size:>9,} bytes")
     times = _time({name: _interpreter(p) for name, p in paths.items()}, args.runs)
     base = float(np.median(times["unpruned"]))
     print(f"\nMobileNetV2-{args.alpha:g} {args.size}x{args.size} (output stride {args.output_stride}), int8, "

@@ -49,6 +49,22 @@ def _kernel_input_channels(layer) -> int:
     return int(kernel.shape[-2])  # Conv2D (h, w, in, out), Dense (in, out)
 
 
+def check_globs(model, cfg) -> None:
+    """Each ``prune.include``/``exclude`` glob matches a layer of ``model``.
+
+    Raises:
+        RecipeError: naming the pattern and the closest layer names.
+    """
+    names = [layer.name for layer in model.layers]
+    for key in ("include", "exclude"):
+        for pattern in getattr(cfg, key):
+            if not fnmatch.filter(names, pattern):
+                close = difflib.get_close_matches(pattern, names, n=3, cutoff=0.4)
+                hint = f"close layer names: {', '.join(close)}" if close else \
+                    f"layers are named like {', '.join(names[1:4])}"
+                raise RecipeError(f"prune.{key}: pattern '{pattern}' matches no layer of the student; {hint}")
+
+
 def choose_layers(model, cfg) -> LayerChoice:
     """The layers of ``model`` that ``cfg`` (a PruneConfig) prunes, and why the others stay dense.
 
@@ -57,14 +73,7 @@ def choose_layers(model, cfg) -> LayerChoice:
             the closest layer names), or nothing is left to prune.
     """
     layers = list(model.layers)
-    names = [layer.name for layer in layers]
-    for key in ("include", "exclude"):
-        for pattern in getattr(cfg, key):
-            if not fnmatch.filter(names, pattern):
-                close = difflib.get_close_matches(pattern, names, n=3, cutoff=0.4)
-                hint = f"close layer names: {', '.join(close)}" if close else \
-                    f"layers are named like {', '.join(names[1:4])}"
-                raise RecipeError(f"prune.{key}: pattern '{pattern}' matches no layer of the student; {hint}")
+    check_globs(model, cfg)
     kernels = [layer for layer in layers if type(layer).__name__ in PRUNABLE_CLASSES]
     kept: dict[str, str] = {}
     for layer in layers:

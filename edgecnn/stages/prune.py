@@ -24,16 +24,13 @@ PRUNED_FILE = "pruned.keras"
 def check_prune(recipe: "Recipe") -> None:
     """Before training: ``prune.include``/``exclude`` match layers of the student and leave
     something to prune (one line naming the pattern and close layer names otherwise)."""
-    from edgecnn.compress.channels import find_channel_groups
+    from edgecnn.compress.channels import choose_groups
     from edgecnn.compress.prune import choose_layers
-    from edgecnn.errors import RecipeError
     from edgecnn.stages.common import student_architecture
 
     model = student_architecture(recipe)
     if recipe.prune.method == "channels":
-        if not find_channel_groups(model):
-            raise RecipeError(f"prune.method channels: student {recipe.student.architecture} has no 1x1 convolution "
-                              "whose channels can be removed; use method: magnitude")
+        choose_groups(model, recipe.prune)
         return
     choose_layers(model, recipe.prune)
 
@@ -88,16 +85,19 @@ def run_prune(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
 
 
 def _prune_channels(recipe: "Recipe", ctx: "BuildContext", student, source) -> StageResult:
-    """Remove ``prune.ratio`` of the channels of every free-width 1x1 convolution, then fine-tune."""
-    from edgecnn.compress.channels import prune_channels
+    """Remove ``prune.ratio`` of the channels of every chosen channel group, then fine-tune."""
+    from edgecnn.compress.channels import choose_groups, prune_channels
     from edgecnn.compress.train import evaluate_classifier
     from edgecnn.stages.common import fine_tune
 
     cfg = recipe.prune
     ds = ctx.dataset
-    slim, widths = prune_channels(student, cfg.ratio, cfg.criterion)
-    before, after = sum(w[0] for w in widths.values()), sum(w[1] for w in widths.values())
-    ctx.progress.line(f"    removing channels of {len(widths)} layers ({cfg.criterion} ranking): {before} -> {after}; "
+    groups = choose_groups(student, cfg)
+    slim, widths = prune_channels(student, cfg.ratio, cfg.criterion, groups=groups)
+    before, after = sum(g.channels for g in groups), sum(widths[g.producer][1] for g in groups)
+    residual = sum(g.residual for g in groups)
+    ctx.progress.line(f"    removing channels of {len(groups)} groups ({residual} residual chains), {len(widths)} layers, "
+                      f"{cfg.criterion} ranking: {before} -> {after} channels; "
                       f"parameters {student.count_params():,} -> {slim.count_params():,}")
     seed_everything(recipe.seed)
     history = fine_tune(recipe, ctx, slim, cfg.train, "prune")
@@ -107,6 +107,9 @@ def _prune_channels(recipe: "Recipe", ctx: "BuildContext", student, source) -> S
         "method": "channels",
         "ratio": cfg.ratio,
         "criterion": cfg.criterion,
+        "residual": cfg.residual,
+        "groups": [{"producers": list(g.producers), "consumers": list(g.consumers),
+                    "channels": [g.channels, widths[g.producer][1]]} for g in groups],
         "params_before": int(student.count_params()),
         "params": int(slim.count_params()),
         "channels": {name: list(w) for name, w in widths.items()},
