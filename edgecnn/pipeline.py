@@ -146,7 +146,8 @@ STAGES: tuple[Stage, ...] = (
           lambda r: _weights_file("student.weights", r.student.weights), trains=lambda r: r.distill.train),
     Stage("prune", ("prune", "distill", "seed"), ("dataset", "model.keras.teacher", "model.keras.student"),
           ("model.keras.pruned",), _stages.run_prune, lambda r: r.prune is not None,
-          lambda r: (f"channel pruning of the student ({r.prune.ratio:.0%} of free-width 1x1 channels, "
+          lambda r: (f"channel pruning of the student ({r.prune.ratio:.0%} of each channel group's channels, "
+                     f"{'residual chains included' if r.prune.residual else 'free widths only'}, "
                      f"{r.prune.criterion})" if r.prune.method == "channels" else
                      (f"{r.prune.m_by_n[0]}:{r.prune.m_by_n[1]}" if r.prune.m_by_n else f"{r.prune.sparsity:.0%}")
                      + f" magnitude pruning of the student, {r.prune.schedule.kind} schedule")
