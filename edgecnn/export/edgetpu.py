@@ -205,7 +205,9 @@ def compile_edgetpu(model: str | os.PathLike, out_dir: str | os.PathLike | None 
     previous = _check_replaceable(targets)
 
     # ".tmp-" like every partial file: clean_stale_temporaries removes a killed run's folder.
-    work = Path(tempfile.mkdtemp(prefix=".tmp-edgetpu.", dir=out))
+    # Absolute: the compiler runs inside it (cwd) and is told to write there (-o), so a
+    # relative path would resolve twice (runs/x/.tmp-edgetpu.N/runs/x/.tmp-edgetpu.N).
+    work = Path(tempfile.mkdtemp(prefix=".tmp-edgetpu.", dir=out.resolve()))
     try:
         proc = run_process([compiler, "-s", "-o", str(work), str(model.resolve())], timeout_s, cwd=work)
         if proc.timed_out:
