@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from pathlib import Path
 from xml.etree import ElementTree
 
 import numpy as np
@@ -168,24 +167,6 @@ def test_unchanged_rebuild_reuses_every_stage(built):
     again = build(recipe_path, out_dir=result.out_dir, progress=Progress(quiet=True))
     assert again.ran == [] and again.cached == ALL_STAGES
     assert {p.name: p.stat().st_mtime_ns for p in result.out_dir.glob("*.tflite")} == before
-
-
-def test_quantize_only_change_reruns_only_quantize_and_evaluate(built):
-    """Through the CLI, which prints the result table once even when evaluate re-runs."""
-    recipe_path, result = built
-    proc = run_edgecnn("build", str(recipe_path), "--out", str(result.out_dir), "--set", "quantize.io_dtype=int8",
-                       timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    stages = json.loads(result.report_path.read_text())["stages"]
-    assert [s["stage"] for s in stages if not s["cached"]] == ["quantize", "evaluate"]
-    assert [s["stage"] for s in stages if s["cached"]] == ["data", "teacher", "student", "export"]
-    output = (proc.stdout + proc.stderr).splitlines()
-    for model in ("student_int8.tflite", "student_float32.tflite"):
-        assert len([ln for ln in output if model in ln and "%" in ln]) == 1, proc.stdout + proc.stderr
-    assert len([ln for ln in output if ln.startswith("report:")]) == 1, proc.stdout + proc.stderr
-    from edgecnn.tflite.reader import inspect_tflite
-
-    assert inspect_tflite(result.out_dir / "student_int8.tflite").inputs[0].dtype == "INT8"
 
 
 def test_crash_mid_write_leaves_nothing_that_passes_for_valid(built, monkeypatch):

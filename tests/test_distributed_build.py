@@ -49,6 +49,12 @@ export: {formats: []}
 """
 
 
+# Two workers share this machine's cores: with TensorFlow's default pools (one thread per
+# core, each) their threads outnumber the cores and each collective waits on a descheduled
+# peer. One thread each is what two single-core hosts would have.
+THREADS = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
+
+
 def readme_commands() -> list[str]:
     """The README's per-host commands of "Training across machines", without their ``hostN$`` prompt."""
     text = README.read_text()
@@ -68,7 +74,7 @@ def _on_loopback(command: str, ports: list[int]) -> str:
 
 def _start(command: str, folder: Path, log: Path) -> subprocess.Popen:
     """Run one README command in ``folder`` (holding ``recipe.yaml``) as a user's shell would."""
-    env = {**os.environ, "EDGECNN_CACHE": str(folder / "cache"), "PYTHONUNBUFFERED": "1",
+    env = {**os.environ, "EDGECNN_CACHE": str(folder / "cache"), "PYTHONUNBUFFERED": "1", **THREADS,
            "PATH": f"{Path(EDGECNN_COMMAND).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     with open(log, "w") as handle:
         return subprocess.Popen(["bash", "-c", command], cwd=folder, env=env, stdout=handle,

@@ -459,13 +459,22 @@ def test_bad_channel_sections_are_refused(prune, needle):
     assert needle in str(exc_info.value)
 
 
-def test_build_with_channel_pruning_writes_a_smaller_faster_model(tmp_path):
+def test_build_with_channel_pruning_writes_a_smaller_faster_model(pruned_build, tmp_path, monkeypatch):
+    """The module build's data, teacher and student come from its stage cache (same sections):
+    only prune and what follows run."""
+    from helpers import TEACHER_PATH_RECIPE
+
     from edgecnn.pipeline import build
     from edgecnn.progress import Progress
 
+    work = pruned_build[0].parent
     tail = "prune: {method: channels, ratio: 0.5, train: {epochs: 1, batch_size: 50}}\nexport: {formats: []}\n"
-    recipe = write_teacher_path_recipe(tmp_path, "channels", seed=4, test_limit=50, tail=tail)
+    recipe = tmp_path / "channels.yaml"
+    recipe.write_text(TEACHER_PATH_RECIPE.format(name="channels", seed=2, test_limit=100, teacher=work / "teacher.keras",
+                                                 tail=tail))
+    monkeypatch.setenv("EDGECNN_CACHE", str(work / "cache"))
     result = build(recipe, out_dir=tmp_path / "run", progress=Progress(quiet=True))
+    assert [s["stage"] for s in result.report["stages"] if s["cached"]] == ["data", "teacher", "student"]
     metrics = json.loads((tmp_path / "run" / "stages" / "prune.json").read_text())["metrics"]
     assert metrics["method"] == "channels" and metrics["params"] < 0.5 * metrics["params_before"]
     rows = {m["name"]: m for m in result.report["models"]}
