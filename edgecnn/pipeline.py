@@ -153,14 +153,16 @@ STAGES: tuple[Stage, ...] = (
                      + f" magnitude pruning of the student, {r.prune.schedule.kind} schedule")
                     + ", "
                     + f"{r.prune.train.epochs} fine-tune epochs" + (" distilled" if r.distill.enabled else ""),
-          trains=lambda r: r.prune.train, check=_stages.check_prune),
+          trains=lambda r: r.prune.train, check=_stages.check_prune,
+          revision=2),  # 2: fine-tunes on un-augmented images unless prune.train.augment
     Stage("qat", ("qat", "distill", "seed"), ("dataset", "model.keras.teacher", "model.keras.student",
                                                 "model.keras.pruned"),
           ("model.keras.qat",), _stages.run_qat, lambda r: r.qat is not None,
           lambda r: ("sparsity-preserving " if r.prune is not None and r.qat.preserve_sparsity is not False else "")
                     + f"quantization-aware training, {r.qat.train.epochs} epochs"
                     + (" distilled" if r.distill.enabled else ""),
-          trains=lambda r: r.qat.train, check=_stages.check_qat),
+          trains=lambda r: r.qat.train, check=_stages.check_qat,
+          revision=2),  # 2: fine-tunes on un-augmented images unless qat.train.augment
     # data + seed: int16x8 calibrates on data.representative_samples training images.
     Stage("export", ("export", "data", "seed", *METADATA_SECTIONS), ("dataset", "model.keras.*"),
           tuple(p for f in FORMATS if f.name != "int8" for p in (f.role, f"{f.role}.*")),

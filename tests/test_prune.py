@@ -15,7 +15,7 @@ from helpers import assert_raised_error, run_edgecnn, write_teacher_path_recipe
 from pydantic import ValidationError
 
 from edgecnn.errors import RecipeError
-from edgecnn.recipe import PruneConfig, Recipe, TrainConfig
+from edgecnn.recipe import PruneConfig, Recipe, TrainConfig, load_recipe
 from edgecnn.tflite.reader import sparsity_summary, weight_sparsity
 
 
@@ -345,6 +345,15 @@ def test_channel_groups_of_mobilenet_v2_free_widths_and_residual_chains():
     assert {"block_4_add", "block_5_add"} <= set(chains[0].path)
 
 
+def test_train_augment_is_part_of_the_key_only_when_set():
+    """Unset, it leaves the cache keys of recipes written before it as they were."""
+    def prune_key(**train) -> str:
+        return Recipe(name="x", prune={"train": {"epochs": 2, "learning_rate": 5e-4, **train}}).section_hash("prune")
+
+    assert prune_key() == prune_key(augment=None)
+    assert len({prune_key(), prune_key(augment=True), prune_key(augment=False)}) == 3
+
+
 @pytest.mark.parametrize("channels,ratio,kept", [
     (48, 0.5, 24), (40, 0.5, 24), (56, 0.5, 32), (1280, 0.5, 640), (24, 0.5, 16), (16, 0.9, 8), (12, 0.5, 6), (8, 0.9, 1),
 ])
@@ -473,8 +482,19 @@ def test_build_with_channel_pruning_writes_a_smaller_faster_model(pruned_build, 
     recipe.write_text(TEACHER_PATH_RECIPE.format(name="channels", seed=2, test_limit=100, teacher=work / "teacher.keras",
                                                  tail=tail))
     monkeypatch.setenv("EDGECNN_CACHE", str(work / "cache"))
+    import edgecnn.data as data
+
+    made = []  # (shuffled, augment) of every tf.data pipeline the build makes
+    real = data.make_tf_dataset
+    monkeypatch.setattr(data, "make_tf_dataset", lambda *a, **k: made.append((k.get("shuffle"), k.get("augment")))
+                        or real(*a, **k))
     result = build(recipe, out_dir=tmp_path / "run", progress=Progress(quiet=True))
     assert [s["stage"] for s in result.report["stages"] if s["cached"]] == ["data", "teacher", "student"]
+    # The fine-tune trains on un-augmented images (TrainConfig.augment unset): no augmenter at all,
+    # where before it got the recipe's data.augment (here all off, so the images are the same).
+    assert load_recipe(recipe).data.augment is not None
+    trained_on = [aug for shuffled, aug in made if shuffled]
+    assert trained_on and set(trained_on) == {None}, made
     metrics = json.loads((tmp_path / "run" / "stages" / "prune.json").read_text())["metrics"]
     assert metrics["method"] == "channels" and metrics["params"] < 0.5 * metrics["params_before"]
     rows = {m["name"]: m for m in result.report["models"]}

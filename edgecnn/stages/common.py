@@ -77,12 +77,13 @@ def eval_dataset(ctx: "BuildContext", x, y):
     return make_tf_dataset(x, y, ds.normalization, ctx.recipe.evaluate.batch_size)
 
 
-def train_val_datasets(ctx: "BuildContext", batch_size: int, soft_targets=None):
+def train_val_datasets(ctx: "BuildContext", batch_size: int, soft_targets=None, augment: bool = True):
+    """Shuffled training batches (augmented by ``data.augment`` when ``augment``) and validation batches."""
     from edgecnn.data import make_tf_dataset
 
     r, ds = ctx.recipe, ctx.dataset
     train = make_tf_dataset(ds.x_train, ds.y_train, ds.normalization, batch_size,
-                            augment=r.data.augment, shuffle=True, seed=r.seed, extra=soft_targets)
+                            augment=r.data.augment if augment else None, shuffle=True, seed=r.seed, extra=soft_targets)
     val = None
     if len(ds.x_val):
         val = make_tf_dataset(ds.x_val, ds.y_val, ds.normalization, r.evaluate.batch_size)
@@ -140,22 +141,26 @@ def fine_tune(recipe: "Recipe", ctx: "BuildContext", model, train_cfg, label: st
 
     Distilled from the build's teacher with the recipe's ``distill.loss`` (through the loss
     registry) when there is one, else on hard labels; resumable per epoch like every stage.
+    On un-augmented images unless ``train_cfg.augment`` is true (see TrainConfig.augment).
     """
     from edgecnn.compress.distill import distill_student, precompute_teacher_logits
     from edgecnn.compress.train import train_classifier
 
     ds = ctx.dataset
     resume = {"checkpoint_dir": ctx.checkpoint_dir, "checkpoint_key": ctx.stage_key}
+    augment = train_cfg.augment is True
+    ctx.progress.line(f"    fine-tuning on {'augmented' if augment else 'un-augmented'} training images"
+                      + ("" if augment else f" ({label}.train.augment: true to augment)"))
     if recipe.distill.enabled and "model.keras.teacher" in ctx.artifacts:
         teacher = load_teacher(recipe, ctx)
         soft = None
         if recipe.distill.teacher_outputs == "cached":
             soft = precompute_teacher_logits(teacher, eval_dataset(ctx, ds.x_train, ds.y_train))
-        train, val = train_val_datasets(ctx, train_cfg.batch_size, soft)
+        train, val = train_val_datasets(ctx, train_cfg.batch_size, soft, augment=augment)
         cfg = recipe.distill.model_copy(update={"train": train_cfg})
         return distill_student(model, teacher, train, val, len(ds.x_train), cfg, ctx.progress, label=label,
                                callbacks=callbacks, **resume)
-    train, val = train_val_datasets(ctx, train_cfg.batch_size)
+    train, val = train_val_datasets(ctx, train_cfg.batch_size, augment=augment)
     return train_classifier(model, train, val, len(ds.x_train), train_cfg, ctx.progress, label,
                             callbacks=callbacks, **resume)
 

@@ -36,11 +36,11 @@ def run_student(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
         if recipe.distill.teacher_outputs == "cached":
             ctx.progress.line("    computing teacher logits once (distill.teacher_outputs: cached)")
             soft = precompute_teacher_logits(teacher, eval_dataset(ctx, ds.x_train, ds.y_train))
-        train, val = train_val_datasets(ctx, train_cfg.batch_size, soft)
+        train, val = train_val_datasets(ctx, train_cfg.batch_size, soft, augment=train_cfg.augment is not False)
         history = distill_student(student, teacher, train, val, len(ds.x_train), recipe.distill, ctx.progress,
                                   **resume)
     else:
-        train, val = train_val_datasets(ctx, train_cfg.batch_size)
+        train, val = train_val_datasets(ctx, train_cfg.batch_size, augment=train_cfg.augment is not False)
         history = train_classifier(student, train, val, len(ds.x_train), train_cfg, ctx.progress, "student",
                                    **resume)
     student = detach_from_strategy(student, strategy)  # on every worker, before anyone goes on alone

@@ -48,7 +48,7 @@ def run_teacher(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
         seed_everything(recipe.seed)
         with strategy.scope():  # variables of the model (and, in fit, the optimizer) are mirrored
             model = create_teacher(cfg.architecture, input_shape(recipe), len(ds.class_names), cfg)
-        train, val = train_val_datasets(ctx, cfg.train.batch_size)
+        train, val = train_val_datasets(ctx, cfg.train.batch_size, augment=cfg.train.augment is not False)
         history = train_classifier(model, train, val, len(ds.x_train), cfg.train, ctx.progress, "teacher",
                                    checkpoint_dir=ctx.checkpoint_dir, checkpoint_key=ctx.stage_key,
                                    strategy=strategy)
