@@ -153,7 +153,7 @@ def test_build_without_out_writes_runs_name_then_io_dtype_uint8_reruns_from_quan
     assert sha256_file(run / "bundle" / "student_int8.tflite") == sha256_file(run / "student_int8.tflite")
     output = (proc.stdout + proc.stderr).splitlines()  # the result table once, though evaluate re-ran
     for model in ("student_int8.tflite", "student_float32.tflite"):
-        assert len([ln for ln in output if model in ln and "%" in ln]) == 1, proc.stdout + proc.stderr
+        assert len([ln for ln in output if model in ln and "test accuracy" in ln]) == 1, proc.stdout + proc.stderr
     assert len([ln for ln in output if ln.startswith("report:")]) == 1, proc.stdout + proc.stderr
     inspected = run_edgecnn("inspect", "runs/readme/student_int8.tflite", "--json", cwd=tmp_path, timeout=120)
     assert inspected.returncode == 0, inspected.stderr
