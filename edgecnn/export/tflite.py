@@ -30,14 +30,19 @@ def _converter(model):
     converted file then says -1 in the ``shape_signature`` of every activation, and the
     Edge TPU compiler refuses it ("only supports static-sized tensors"). Tracing a
     ``tf.function`` with a batch-1 input signature gives every tensor a static shape in
-    all formats. Passing ``model`` as the trackable object keeps the SavedModel route
-    that ``from_keras_model`` takes, so the file keeps the ``serving_default`` signature
-    with the Keras input and output names (``image`` -> ``scores``).
+    all formats. A trackable object keeps the SavedModel route that ``from_keras_model``
+    takes, so the file keeps the ``serving_default`` signature with the Keras input and
+    output names (``image`` -> ``scores``). That object is a bare ``tf.Module`` holding the
+    model's variables (all the function captures), not the Keras model: saving a Keras
+    model serializes every layer, re-tracing each layer's call, which took 10 of the 13.5 s
+    of an int8 conversion of MobileNetV2-0.35 (the file is byte-identical either way).
     """
     tf = tensorflow()
+    holder = tf.Module()
+    holder.model_variables = list(model.variables)
     # Tracing the Keras model can log (absl) on fd 2, like the conversion itself.
     with native_stderr_silenced():
-        return tf.lite.TFLiteConverter.from_concrete_functions([_batch_one_function(model)], model)
+        return tf.lite.TFLiteConverter.from_concrete_functions([_batch_one_function(model)], holder)
 
 
 def _batch_one_function(model):
