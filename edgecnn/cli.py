@@ -391,7 +391,8 @@ def bundle(run_dir: str, out_dir: str, force: bool, which: str, samples: int) ->
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--exact", is_flag=True, help="Require bit-exact outputs (same runtime, version and CPU as the host).")
 @click.option("--tolerance-steps", type=click.IntRange(min=0),
-              help="int8 models: allowed output deviation in quantization steps (default ceil(3*sqrt(operators))).")
+              help="int8 models: allowed output deviation in quantization steps, the same for every value "
+                   "(default ceil(3*sqrt(operators)), widened near ties where a final softmax is steep).")
 @click.option("--float-tolerance", type=click.FloatRange(min=0, min_open=True),
               help="float models: allowed absolute output deviation (default from the model's depth).")
 @click.option("--min-top1", type=click.FloatRange(min=0, max=1), default=0.9, show_default=True,

@@ -125,6 +125,62 @@ def test_a_different_model_fails_both_ways():
     assert not c.ok and c.max_steps > 100 and c.top1_agreement < 0.5
 
 
+def _near_tie(golden, rows, gap=4):
+    """Make ``rows`` near ties: the runner-up ``gap`` steps below the winner, both near p = 0.5."""
+    g = golden.astype(np.int64).copy()
+    for r in rows:
+        top = int(np.argmax(g[r]))
+        other = (top + 1) % g.shape[1]
+        g[r] = 2
+        g[r, top], g[r, other] = 125, 125 - gap
+    return g.astype(np.uint8)
+
+
+def test_a_steep_softmax_widens_the_tolerance_only_near_ties():
+    """What arm64 tflite-runtime 2.14 did to the pruned and QAT files: logits a few steps
+    apart, which the softmax's slope near a tie turned into 29-34 output steps."""
+    golden = _near_tie(_softmax_like(), [2, 9])
+    dev = golden.astype(np.int64)
+    dev[2, np.argmax(golden[2])] -= 34  # the near tie's winner loses 34 steps, its rival gains them
+    dev[2, (np.argmax(golden[2]) + 1) % 10] += 34
+    flat = compare_outputs(golden, dev, scale=SOFTMAX_SCALE, zero_point=0, operators=QUICKSTART_OPS)
+    assert not flat.ok and flat.max_steps == 34 and flat.softmax_gain is None
+    gain = 25.0  # 0.0977 logit scale / (1/256): the pruned student's SOFTMAX
+    c = compare_outputs(golden, dev, scale=SOFTMAX_SCALE, zero_point=0, operators=QUICKSTART_OPS,
+                        softmax_gain=gain)
+    assert c.ok and c.max_steps == 34 and c.tolerance_steps == 25 and c.softmax_gain == gain
+    # p = 125/256: sqrt(2) * p(1-p) * 25 = 8.8 times the 25 steps.
+    assert c.tolerance_steps_max == math.ceil(25 * math.sqrt(2) * (125 / 256) * (131 / 256) * gain)
+    # The same 34 steps where the host was confident (a class at p near 0: slope small) are
+    # still refused, however far the device moved it.
+    dev = golden.astype(np.int64)
+    dev[5, np.argmin(golden[5])] += 34
+    c = compare_outputs(golden, dev, scale=SOFTMAX_SCALE, zero_point=0, operators=QUICKSTART_OPS,
+                        softmax_gain=gain)
+    assert not c.ok and "beyond the tolerance (25 steps" in c.reason and "where the softmax is steep" in c.reason
+    # Another model's outputs still fail: clear winners elsewhere, and top-1 disagrees.
+    other = _softmax_like(seed=7).astype(np.float64)
+    c = compare_outputs(golden, other, scale=SOFTMAX_SCALE, zero_point=0, operators=QUICKSTART_OPS,
+                        softmax_gain=gain)
+    assert not c.ok and "beyond the tolerance" in c.reason and c.top1_agreement < 0.5
+
+
+def test_softmax_output_gain_is_read_from_the_file(tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+    from helpers import build_tiny_classifier
+
+    from edgecnn.tflite.reader import softmax_output_gain
+
+    model = build_tiny_classifier(tmp_path, "int8")
+    it = Interpreter(model_path=str(model))
+    ops = [op for op in it._get_ops_details() if op["op_name"] == "SOFTMAX"]
+    assert len(ops) == 1
+    tensors = {t["index"]: t for t in it.get_tensor_details()}
+    s_in, s_out = tensors[ops[0]["inputs"][0]]["quantization"][0], tensors[ops[0]["outputs"][0]]["quantization"][0]
+    assert softmax_output_gain(model) == pytest.approx(s_in / s_out, rel=1e-6)  # beta 1, as Keras' softmax converts
+    assert softmax_output_gain(build_tiny_classifier(tmp_path, "float32")) is None  # float output: no steps
+
+
 def test_float_outputs_tolerance_and_non_finite():
     golden = np.random.RandomState(0).dirichlet(np.ones(10), 32).astype(np.float32)
     # arm64 ai-edge-litert 2.3: float outputs differ by about 2e-6.

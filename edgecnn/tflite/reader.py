@@ -51,6 +51,7 @@ __all__ = [
     "INT32",
     "UINT32",
     "UINT64",
+    "FLOAT32",
     "metadata_buffer_span",
 ]
 
@@ -90,6 +91,7 @@ _WEIGHT_OP_CODES = {
     141: "CONV_3D_TRANSPOSE",
 }
 _DEQUANTIZE = 6
+_SOFTMAX = 25
 _CUSTOM = 32
 
 # TensorType names, used when ai_edge_litert is not installed (the enum only grows).
@@ -433,15 +435,16 @@ TFLITE_SCHEMA: Schema = {
     "Tensor": {"shape": 0, "type": 1, "buffer": 2, "name": 3, "quantization": 4,
                "shape_signature": 7},
     "QuantizationParameters": {"scale": 2, "zero_point": 3, "quantized_dimension": 6},
-    "Operator": {"opcode_index": 0, "inputs": 1, "outputs": 2},
+    "Operator": {"opcode_index": 0, "inputs": 1, "outputs": 2, "builtin_options": 4},
+    "SoftmaxOptions": {"beta": 0},
     "Buffer": {"data": 0, "offset": 1, "size": 2},
     "Metadata": {"name": 0, "buffer": 1},
     "SignatureDef": {"signature_key": 2},
 }
 
 # Scalar types for Table.scalar / Table.element (flatbuffers are little-endian).
-INT8, UINT8, UINT16, INT32, UINT32, UINT64 = (
-    struct.Struct(f) for f in ("<b", "<B", "<H", "<i", "<I", "<Q"))
+INT8, UINT8, UINT16, INT32, UINT32, UINT64, FLOAT32 = (
+    struct.Struct(f) for f in ("<b", "<B", "<H", "<i", "<I", "<Q", "<f"))
 
 
 class FlatBuffer:
@@ -1043,6 +1046,58 @@ def count_macs(path: str | os.PathLike) -> int:
                         rows *= d
                     total += rows * weight[0] * weight[1]
         return int(total)
+    except (MalformedFlatbuffer, struct.error, IndexError, OverflowError, ValueError) as exc:
+        raise ModelFileError(f"{label}: malformed operators ({exc}); {_FIX_CORRUPT}") from None
+
+
+def softmax_output_gain(path: str | os.PathLike) -> float | None:
+    """How many output steps one input step of a quantized SOFTMAX producing the model's
+    first output is worth at slope 1: ``beta * input_scale / output_scale``; None when that
+    output is not a quantized SOFTMAX's.
+
+    The softmax's slope is ``p * (1 - p)`` per unit of logit, so near a tie between two
+    classes (p = 0.5) a one-step difference in the logits moves the probability by about a
+    quarter of this many steps; :func:`edgecnn.bench.verify.compare_outputs` widens its
+    tolerance there by it.
+
+    Raises:
+        ModelFileError: the file is not a well-formed TFLite model.
+    """
+    label = os.fspath(path)
+    inspect_tflite(path)
+    with open(path, "rb") as fh:
+        data = fh.read()
+    model = FlatBuffer(data, TFLITE_SCHEMA).root("Model")
+    try:
+        opcodes = [max(oc.scalar("deprecated_builtin_code", INT8, 0), oc.scalar("builtin_code", INT32, 0))
+                   for oc in model.tables("operator_codes", "OperatorCode")]
+        g = model.table_at("subgraphs", "SubGraph", 0)
+        tensors = list(g.tables("tensors", "Tensor"))
+        output = g.element("outputs", INT32, 0)
+        if output is None:
+            return None
+        for op in g.tables("operators", "Operator"):
+            if op.element("outputs", INT32, 0) != output:
+                continue
+            index = op.scalar("opcode_index", UINT32, 0)
+            if index >= len(opcodes) or opcodes[index] != _SOFTMAX:
+                return None
+            source = op.element("inputs", INT32, 0)
+            if source is None or source < 0:
+                return None
+            scales = []
+            for t in (tensors[_check_index(source, len(tensors), f"{op.what}.inputs")],
+                      tensors[_check_index(output, len(tensors), f"{g.what}.outputs")]):
+                q = t.table("quantization", "QuantizationParameters")
+                values = q.numbers("scale", "f", _MAX_QUANT_PARAMS) if q is not None else ()
+                if len(values) != 1 or not values[0] > 0:
+                    return None  # float, or not one scale per tensor
+                scales.append(values[0])
+            options = op.table("builtin_options", "SoftmaxOptions")
+            beta = options.scalar("beta", FLOAT32, 1.0) if options is not None else 1.0
+            gain = beta * scales[0] / scales[1]
+            return float(gain) if math.isfinite(gain) and gain > 0 else None
+        return None
     except (MalformedFlatbuffer, struct.error, IndexError, OverflowError, ValueError) as exc:
         raise ModelFileError(f"{label}: malformed operators ({exc}); {_FIX_CORRUPT}") from None
 
