@@ -259,7 +259,9 @@ class PruneConfig(_Section):
             raise ValueError("prune.ratio is for method channels; magnitude pruning takes prune.sparsity")
         else:
             for key in ("criterion", "residual"):
-                if key in self.model_fields_set:
+                # Set to other than its default: a resolved recipe (a run's manifest.json, which
+                # `edgecnn bundle` re-validates) lists every key with its default value.
+                if key in self.model_fields_set and getattr(self, key) != type(self).model_fields[key].default:
                     raise ValueError(f"prune.{key} is for method channels; remove it or set prune.method: channels")
         if self.end <= self.begin:
             raise ValueError(f"prune: the schedule ends (end {self.end:g}) before it begins (begin {self.begin:g}); "

@@ -207,6 +207,15 @@ def test_build_prunes_2_4_and_keeps_every_int8_model_side_by_side(pruned_build):
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
+def test_bundle_command_of_a_pruned_run_ships_every_int8_variant(pruned_build, tmp_path):
+    """`edgecnn bundle RUN` re-validates the run's resolved recipe (prune section included)."""
+    run, _ = pruned_build
+    proc = run_edgecnn("bundle", str(run), "--out", str(tmp_path / "b"), "--samples", "8")
+    assert proc.returncode == 0, proc.stderr
+    files = {m["file"] for m in json.loads((tmp_path / "b" / "bundle.json").read_text())["models"]}
+    assert {"student_int8.tflite", "pruned_int8.tflite", "qat_int8.tflite"} <= files, files
+
+
 def test_inspect_prints_the_sparsity_read_back(pruned_build):
     run, _ = pruned_build
     text = run_edgecnn("inspect", str(run / "pruned_int8.tflite"))

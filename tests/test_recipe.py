@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from edgecnn.errors import RecipeError
-from edgecnn.recipe import Recipe, deep_merge, load_recipe, recipe_schema
+from edgecnn.recipe import Recipe, deep_merge, load_recipe, recipe_schema, validate_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -355,6 +355,16 @@ def test_provenance_does_not_change_equality_or_hashes(tmp_path):
     quick = load_recipe(REPO / "recipes" / "quickstart.yaml")
     again = Recipe.model_validate(quick.to_dict())
     assert quick == again and quick.recipe_hash == again.recipe_hash
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "recipes").glob("*.yaml")))
+def test_every_shipped_recipe_survives_its_resolved_form(name):
+    """A run's manifest.json holds the resolved recipe (every key, defaults included), which
+    `edgecnn bundle RUN` validates again: it must give the same recipe. (A prune recipe's
+    resolved `prune.criterion: l1` was once refused as "for method channels".)"""
+    recipe = load_recipe(REPO / "recipes" / name)
+    again = validate_recipe(json.loads(json.dumps(recipe.to_dict())))
+    assert again == recipe and again.recipe_hash == recipe.recipe_hash
 
 
 @pytest.fixture
