@@ -83,7 +83,8 @@ def _int8_model(bundle: Path) -> str:
 
 
 def _summary(device, check: dict) -> str:
-    keys = ("ok", "bit_exact", "differing", "samples", "max_steps", "tolerance_steps", "max_abs_diff", "tolerance",
+    keys = ("ok", "bit_exact", "differing", "samples", "max_steps", "tolerance_steps", "tolerance_steps_max",
+            "softmax_gain", "max_abs_diff", "tolerance",
             "top1_agreement", "runtime", "machine", "golden_runtime", "golden_machine")
     return f"{device.name} {check.get('file')}: " + ", ".join(f"{k}={check.get(k)}" for k in keys)
 
