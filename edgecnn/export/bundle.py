@@ -63,7 +63,8 @@ def write_bundle(run_dir: str | os.PathLike, out_dir: str | os.PathLike, model: 
             and the ``.tflite`` files).
         out_dir: the bundle folder to create: new or empty; an earlier bundle only with
             ``force``; never a folder edgecnn did not make.
-        model: ``int8``, ``float32``, ``float16`` or ``all`` (every one the run has).
+        model: ``int8``, ``float32``, ``float16`` or ``all`` (every host-runnable model the
+            run has); each precision takes every variant of it (pruned, QAT, gated...).
         samples: golden test images per model.
         recipe: the build's :class:`~edgecnn.recipe.Recipe` (default: read from the run's
             ``manifest.json``); used for the recipe hash and to load the test images.
@@ -109,8 +110,7 @@ def write_bundle(run_dir: str | os.PathLike, out_dir: str | os.PathLike, model: 
         chosen = sorted(((precision, Path(path), name) for name, precision, path in models),
                         key=lambda row: order.get(row[0], len(order)))
     else:
-        chosen = [(p, run / get_format(p).filename, f"tflite_{p}") for p in wanted
-                  if (run / get_format(p).filename).is_file()]
+        chosen = _run_models(run, None if model == "all" else wanted)
     if not chosen:
         raise ModelFileError(f"{run}: no {' or '.join(get_format(p).filename for p in wanted)} in the run "
                              f"directory; build it first (quantize.int8 / export.formats)")
@@ -178,6 +178,27 @@ def _adopt_unmarked_bundle(out: Path) -> None:
         return
     if isinstance(manifest, dict) and manifest.get("schema") == BUNDLE_SCHEMA and (out / BUNDLE_METADATA).is_file():
         claim_output_dir(out, "bundle", what="--out", legacy=(BUNDLE_MANIFEST, BUNDLE_METADATA))
+
+
+def _run_models(run: Path, precisions: Sequence[str] | None) -> list[tuple[str, Path, str]]:
+    """``(precision, path, artifact name)`` of a finished run's host-runnable ``.tflite`` files
+    of ``precisions`` (None: all), student first: every variant its ``manifest.json`` records
+    (pruned, QAT, gated, channel-pruned), as the build's own bundle stage takes them. A run
+    without artifact records gives the export table's ``student_<precision>.tflite`` files."""
+    from edgecnn.export.formats import get_format
+
+    records = (_optional_json(run / "manifest.json").get("artifacts") or {})
+    inside = run.resolve()
+    found = [(a.get("precision"), run / a["path"], name) for name, a in sorted(records.items())
+             if isinstance(a, dict) and a.get("kind") == "tflite" and isinstance(a.get("path"), str)
+             and (precisions is None or a.get("precision") in precisions) and (run / a["path"]).is_file()
+             and (run / a["path"]).resolve().is_relative_to(inside)]  # a file of this run, nothing else
+    if not records:
+        found = [(p, run / get_format(p).filename, f"tflite_{p}") for p in precisions or BUNDLE_PRECISIONS
+                 if (run / get_format(p).filename).is_file()]
+    order = {p: i for i, p in enumerate(BUNDLE_PRECISIONS)}
+    return sorted(found, key=lambda row: (order.get(row[0], len(order)), row[1].name != f"student_{row[0]}.tflite",
+                                          row[2]))
 
 
 def _optional_json(path: Path) -> dict:
