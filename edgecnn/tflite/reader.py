@@ -942,6 +942,21 @@ class WeightSparsity:
         return self.zeros / self.elements if self.elements else 0.0
 
 
+def _checked_model(path: str | os.PathLike) -> tuple[str, bytes, Table]:
+    """``(label, bytes, Model table)`` of a file :func:`inspect_tflite` accepts (it raises one
+    clear line for anything that is not a well-formed model)."""
+    inspect_tflite(path)
+    with open(path, "rb") as fh:
+        data = fh.read()
+    return os.fspath(path), data, FlatBuffer(data, TFLITE_SCHEMA).root("Model")
+
+
+def _opcodes(model: Table) -> list[int]:
+    """Builtin code of each operator code (see :func:`_summarize` for the two fields)."""
+    return [max(oc.scalar("deprecated_builtin_code", INT8, 0), oc.scalar("builtin_code", INT32, 0))
+            for oc in model.tables("operator_codes", "OperatorCode")]
+
+
 def weight_sparsity(path: str | os.PathLike, block: int | None = None) -> list[WeightSparsity]:
     """Per weight tensor (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED ... input 1), the zeros
     stored in the file: what pruning really left in the model, not what training claimed.
@@ -955,15 +970,9 @@ def weight_sparsity(path: str | os.PathLike, block: int | None = None) -> list[W
     """
     import numpy as np
 
-    label = os.fspath(path)
-    inspect_tflite(path)  # one clear line for anything that is not a well-formed model
-    with open(path, "rb") as fh:
-        data = fh.read()
-    buf = FlatBuffer(data, TFLITE_SCHEMA)
-    model = buf.root("Model")
+    label, data, model = _checked_model(path)
     try:
-        opcodes = [max(oc.scalar("deprecated_builtin_code", INT8, 0), oc.scalar("builtin_code", INT32, 0))
-                   for oc in model.tables("operator_codes", "OperatorCode")]
+        opcodes = _opcodes(model)
         buffers = [_buffer_extent(b)[:2] for b in model.tables("buffers", "Buffer")]
         rows, seen = [], set()
         for g in model.tables("subgraphs", "SubGraph"):
@@ -1008,14 +1017,9 @@ def count_macs(path: str | os.PathLike) -> int:
     Raises:
         ModelFileError: the file is not a well-formed TFLite model.
     """
-    label = os.fspath(path)
-    inspect_tflite(path)
-    with open(path, "rb") as fh:
-        data = fh.read()
-    model = FlatBuffer(data, TFLITE_SCHEMA).root("Model")
+    label, data, model = _checked_model(path)
     try:
-        opcodes = [max(oc.scalar("deprecated_builtin_code", INT8, 0), oc.scalar("builtin_code", INT32, 0))
-                   for oc in model.tables("operator_codes", "OperatorCode")]
+        opcodes = _opcodes(model)
         total = 0
         for g in model.tables("subgraphs", "SubGraph"):
             tensors = list(g.tables("tensors", "Tensor"))
@@ -1063,14 +1067,9 @@ def softmax_output_gain(path: str | os.PathLike) -> float | None:
     Raises:
         ModelFileError: the file is not a well-formed TFLite model.
     """
-    label = os.fspath(path)
-    inspect_tflite(path)
-    with open(path, "rb") as fh:
-        data = fh.read()
-    model = FlatBuffer(data, TFLITE_SCHEMA).root("Model")
+    label, data, model = _checked_model(path)
     try:
-        opcodes = [max(oc.scalar("deprecated_builtin_code", INT8, 0), oc.scalar("builtin_code", INT32, 0))
-                   for oc in model.tables("operator_codes", "OperatorCode")]
+        opcodes = _opcodes(model)
         g = model.table_at("subgraphs", "SubGraph", 0)
         tensors = list(g.tables("tensors", "Tensor"))
         output = g.element("outputs", INT32, 0)
