@@ -401,3 +401,33 @@ def test_a_truncated_model_in_the_run_names_the_run_s_file_not_a_temporary_copy(
     proc = run_edgecnn("bundle", str(run), "--out", str(tmp_path / "bundle"))
     line = assert_one_line_error(proc, 4, str(model))
     assert ".tmp-" not in line and not (tmp_path / "bundle").exists()
+
+
+def test_standalone_bundle_takes_the_variants_its_manifest_records(tmp_path):
+    """`edgecnn bundle RUN` picks models from the run's typed artifact records: every variant of
+    the precision, student first; an untyped (older) or damaged record list falls back to the
+    student_<precision>.tflite names; a record pointing outside the run is ignored."""
+    from edgecnn.export.bundle import _run_models
+
+    run = write_tiny_run_dir(tmp_path / "run", ("int8", "float32"), recipe=True)
+    shutil.copy(run / "student_int8.tflite", run / "pruned_int8.tflite")
+    shutil.copy(run / "student_int8.tflite", tmp_path / "outside_int8.tflite")
+    manifest = json.loads((run / "manifest.json").read_text())
+
+    def record(path, precision, kind="tflite"):
+        return {"role": "model.tflite." + precision, "kind": kind, "precision": precision, "path": path}
+
+    typed = {"tflite_int8_pruned": record("pruned_int8.tflite", "int8"), "tflite_int8": record("student_int8.tflite", "int8"),
+             "tflite_float32": record("student_float32.tflite", "float32"), "student": record("student.keras", "float32", "keras"),
+             "tflite_int8_elsewhere": record("../outside_int8.tflite", "int8")}
+    cases = [(typed, "int8", ["student_int8.tflite", "pruned_int8.tflite"]),
+             (typed, "all", ["student_int8.tflite", "pruned_int8.tflite", "student_float32.tflite"]),
+             ({"tflite_int8": {"path": "student_int8.tflite", "sha256": "0" * 64}}, "int8", ["student_int8.tflite"]),
+             (["not", "a", "mapping"], "int8", ["student_int8.tflite"])]
+    for artifacts, model, expected in cases:
+        (run / "manifest.json").write_text(json.dumps({**manifest, "artifacts": artifacts}))
+        assert [p.name for _, p, _ in _run_models(run, None if model == "all" else (model,))] == expected, artifacts
+    (run / "manifest.json").write_text(json.dumps({**manifest, "artifacts": typed}))
+    bundle = write_bundle(run, tmp_path / "b", samples=4)
+    assert [m["file"] for m in json.loads((bundle / BUNDLE_MANIFEST).read_text())["models"]] == \
+        ["student_int8.tflite", "pruned_int8.tflite"]

@@ -158,6 +158,14 @@ def test_a_steep_softmax_widens_the_tolerance_only_near_ties():
     c = compare_outputs(golden, dev, scale=SOFTMAX_SCALE, zero_point=0, operators=QUICKSTART_OPS,
                         softmax_gain=gain)
     assert not c.ok and "beyond the tolerance (25 steps" in c.reason and "where the softmax is steep" in c.reason
+    # The reason names the value that failed (30 steps, allowed 25), not a larger one within its
+    # wider allowance (100 steps at the near tie).
+    dev = golden.astype(np.int64)
+    dev[9, np.argmax(golden[9])] -= 100
+    dev[5, np.argmin(golden[5])] += 30
+    c = compare_outputs(golden, dev, scale=SOFTMAX_SCALE, zero_point=0, operators=QUICKSTART_OPS,
+                        softmax_gain=gain)
+    assert not c.ok and c.max_steps == 100 and "(30 quantization steps)" in c.reason and "1 of 32" in c.reason
     # Another model's outputs still fail: clear winners elsewhere, and top-1 disagrees.
     other = _softmax_like(seed=7).astype(np.float64)
     c = compare_outputs(golden, other, scale=SOFTMAX_SCALE, zero_point=0, operators=QUICKSTART_OPS,
@@ -178,6 +186,8 @@ def test_softmax_output_gain_is_read_from_the_file(tmp_path):
     tensors = {t["index"]: t for t in it.get_tensor_details()}
     s_in, s_out = tensors[ops[0]["inputs"][0]]["quantization"][0], tensors[ops[0]["outputs"][0]]["quantization"][0]
     assert softmax_output_gain(model) == pytest.approx(s_in / s_out, rel=1e-6)  # beta 1, as Keras' softmax converts
+    # uint8 I/O: a QUANTIZE (int8 -> uint8, same scale) follows the SOFTMAX; the gain is the same.
+    assert softmax_output_gain(build_tiny_classifier(tmp_path, "uint8")) == pytest.approx(s_in / s_out, rel=1e-6)
     assert softmax_output_gain(build_tiny_classifier(tmp_path, "float32")) is None  # float output: no steps
 
 

@@ -156,10 +156,15 @@ def compare_outputs(golden: np.ndarray, device: np.ndarray, *, scale: float, zer
         reason = f"the device returned non-finite outputs on {int(np.sum(~finite.all(axis=1)))} of {n} samples"
     else:
         problems = []
-        beyond = np.any(real > limits * (1 + 1e-9), axis=1)
+        over = real > limits * (1 + 1e-9)
+        beyond = np.any(over, axis=1)
         if beyond.any():
-            problems.append(f"outputs differ from the golden ones by up to {worst:.3g}{unit}, beyond the tolerance "
-                            f"({limit}) on {int(np.sum(beyond))} of {n} samples")
+            # The worst of the values past their own allowance (with a steep softmax, a larger
+            # deviation elsewhere may be within its wider one).
+            failed = float(real[over].max())
+            failed_unit = f" ({int(round(failed / float(scale)))} quantization steps)" if quantized else ""
+            problems.append(f"outputs differ from the golden ones by up to {failed:.3g}{failed_unit}, beyond the "
+                            f"tolerance ({limit}) on {int(np.sum(beyond))} of {n} samples")
         if top1 < min_top1:
             problems.append(f"top-1 agrees with the golden outputs on only {int(np.sum(agree))} of {n} samples "
                             f"({top1:.2f} < {min_top1:.2f})")
@@ -372,8 +377,11 @@ def verify_bundle(bundle_dir: str | os.PathLike, target: Target | str = "local",
     input_scale / output_scale`` (about 25 for the students here: up to ~9 output steps per
     logit step at a near tie, p = 0.5). So each value's allowance is the tolerance above
     times ``max(1, sqrt(2) * p * (1 - p) * gain)``, linearized at the golden ``p``: unchanged
-    where the host saw a class clearly in or out (p near 0 or 1), wide only on near ties,
-    where top-1 agreement still bounds how many samples may flip. Measured on
+    where the host saw a class clearly in or out (p near 0 or 1), wide only on near ties.
+    There the allowance can approach the whole output range (221 of 256 steps at p = 0.5,
+    gain 25), so on those few samples the value check says little and top-1 agreement is
+    what bounds the device (at most 10 % of samples may flip); the logits measured on the
+    runtimes below moved 5-11 steps, against the 25 the random walk allows. Measured on
     arm64 tflite-runtime 2.14 (``quickstart_prune_qat``): the pruned and QAT int8 files'
     logits differ from the host's by at most 5 and 11 logit steps, which near ties became 29
     and 34 output steps, beyond a flat 25-step tolerance. Measured on the

@@ -2,12 +2,13 @@
 
 ``edgecnn bundle RUN_DIR --out DIR`` gathers, from a finished run directory:
 
-* the chosen model file(s) (``student_int8.tflite``, ``student_float32.tflite`` and, when
-  the run made it, ``student_float16.tflite``), with their TFLite metadata;
+* the chosen model file(s), with their TFLite metadata: every ``.tflite`` of the chosen
+  precision the run made (``student_int8.tflite``, and the variants a compression build
+  adds: ``pruned_int8.tflite``, ``qat_int8.tflite``, ``pruned_int8_gated.tflite``...);
 * ``labels.txt`` (one class name per line, in output order);
 * ``metadata.json``: input spec, normalization, classes, the source recipe hash and the
   test accuracy the host measured;
-* ``golden_<precision>.npz`` per model: ``x`` (sample test images, already normalized
+* ``golden_<precision>.npz`` per model (``golden_<file stem>.npz`` for a variant): ``x`` (sample test images, already normalized
   and quantized exactly as the model's input expects), ``y`` (their labels),
   ``outputs`` (the host interpreter's raw outputs on them) and ``runtime``,
   ``runtime_version``, ``machine``, ``system`` (what produced those outputs). The device
@@ -73,8 +74,8 @@ def write_bundle(run_dir: str | os.PathLike, out_dir: str | os.PathLike, model: 
         force: replace an existing bundle edgecnn wrote at ``out_dir``.
         models: ``(artifact name, precision, path)`` of the models to bundle, as the
             pipeline's artifact store lists them (then ``model`` is not used); default:
-            the run directory's files of ``model``'s precisions, by the export table's
-            file names (for a finished run directory given on the command line).
+            the ``.tflite`` files of ``model``'s precision that the run's ``manifest.json``
+            records (for a finished run directory given on the command line).
 
     Returns:
         ``out_dir`` as a Path.
@@ -184,16 +185,18 @@ def _run_models(run: Path, precisions: Sequence[str] | None) -> list[tuple[str, 
     """``(precision, path, artifact name)`` of a finished run's host-runnable ``.tflite`` files
     of ``precisions`` (None: all), student first: every variant its ``manifest.json`` records
     (pruned, QAT, gated, channel-pruned), as the build's own bundle stage takes them. A run
-    without artifact records gives the export table's ``student_<precision>.tflite`` files."""
+    without typed artifact records gives the export table's ``student_<precision>.tflite`` files."""
     from edgecnn.export.formats import get_format
 
-    records = (_optional_json(run / "manifest.json").get("artifacts") or {})
+    records = _optional_json(run / "manifest.json").get("artifacts")
+    records = records if isinstance(records, dict) else {}
+    typed = {name: a for name, a in records.items() if isinstance(a, dict) and "kind" in a}
     inside = run.resolve()
-    found = [(a.get("precision"), run / a["path"], name) for name, a in sorted(records.items())
-             if isinstance(a, dict) and a.get("kind") == "tflite" and isinstance(a.get("path"), str)
-             and (precisions is None or a.get("precision") in precisions) and (run / a["path"]).is_file()
+    found = [(a["precision"], run / a["path"], name) for name, a in sorted(typed.items())
+             if a["kind"] == "tflite" and isinstance(a.get("path"), str) and isinstance(a.get("precision"), str)
+             and (precisions is None or a["precision"] in precisions) and (run / a["path"]).is_file()
              and (run / a["path"]).resolve().is_relative_to(inside)]  # a file of this run, nothing else
-    if not records:
+    if not typed:  # a run from before artifacts were typed (or a damaged manifest): the file names
         found = [(p, run / get_format(p).filename, f"tflite_{p}") for p in precisions or BUNDLE_PRECISIONS
                  if (run / get_format(p).filename).is_file()]
     order = {p: i for i, p in enumerate(BUNDLE_PRECISIONS)}

@@ -92,6 +92,7 @@ _WEIGHT_OP_CODES = {
 }
 _DEQUANTIZE = 6
 _SOFTMAX = 25
+_QUANTIZE = 114
 _CUSTOM = 32
 
 # TensorType names, used when ai_edge_litert is not installed (the enum only grows).
@@ -1056,8 +1057,8 @@ def count_macs(path: str | os.PathLike) -> int:
 
 def softmax_output_gain(path: str | os.PathLike) -> float | None:
     """How many output steps one input step of a quantized SOFTMAX producing the model's
-    first output is worth at slope 1: ``beta * input_scale / output_scale``; None when that
-    output is not a quantized SOFTMAX's.
+    first output (directly, or through the QUANTIZE that uint8 I/O adds) is worth at slope 1:
+    ``beta * input_scale / output_scale``; None when that output is not a quantized SOFTMAX's.
 
     The softmax's slope is ``p * (1 - p)`` per unit of logit, so near a tie between two
     classes (p = 0.5) a one-step difference in the logits moves the probability by about a
@@ -1073,30 +1074,41 @@ def softmax_output_gain(path: str | os.PathLike) -> float | None:
         g = model.table_at("subgraphs", "SubGraph", 0)
         tensors = list(g.tables("tensors", "Tensor"))
         output = g.element("outputs", INT32, 0)
-        if output is None:
+        if output is None or output < 0:
             return None
+        producer = {}  # tensor -> the operator writing it
         for op in g.tables("operators", "Operator"):
-            if op.element("outputs", INT32, 0) != output:
-                continue
-            index = op.scalar("opcode_index", UINT32, 0)
-            if index >= len(opcodes) or opcodes[index] != _SOFTMAX:
-                return None
-            source = op.element("inputs", INT32, 0)
-            if source is None or source < 0:
-                return None
-            scales = []
-            for t in (tensors[_check_index(source, len(tensors), f"{op.what}.inputs")],
-                      tensors[_check_index(output, len(tensors), f"{g.what}.outputs")]):
-                q = t.table("quantization", "QuantizationParameters")
-                values = q.numbers("scale", "f", _MAX_QUANT_PARAMS) if q is not None else ()
-                if len(values) != 1 or not values[0] > 0:
-                    return None  # float, or not one scale per tensor
-                scales.append(values[0])
-            options = op.table("builtin_options", "SoftmaxOptions")
-            beta = options.scalar("beta", FLOAT32, 1.0) if options is not None else 1.0
-            gain = beta * scales[0] / scales[1]
-            return float(gain) if math.isfinite(gain) and gain > 0 else None
-        return None
+            written = op.element("outputs", INT32, 0)
+            if written is not None and written >= 0:
+                producer[written] = op
+
+        def scale(tensor: int) -> float | None:
+            t = tensors[_check_index(tensor, len(tensors), f"{g.what}.tensors")]
+            q = t.table("quantization", "QuantizationParameters")
+            values = q.numbers("scale", "f", _MAX_QUANT_PARAMS) if q is not None else ()
+            return values[0] if len(values) == 1 and values[0] > 0 else None  # None: float, or per-axis
+
+        # uint8 I/O puts a QUANTIZE (int8 -> uint8, same scale) after the SOFTMAX: step over it.
+        tensor, op = output, producer.get(output)
+        for _ in range(4):
+            index = op.scalar("opcode_index", UINT32, 0) if op is not None else len(opcodes)
+            if index >= len(opcodes) or opcodes[index] != _QUANTIZE:
+                break
+            tensor = op.element("inputs", INT32, 0)
+            op = producer.get(tensor) if tensor is not None and tensor >= 0 else None
+        index = op.scalar("opcode_index", UINT32, 0) if op is not None else len(opcodes)
+        if index >= len(opcodes) or opcodes[index] != _SOFTMAX:
+            return None
+        source = op.element("inputs", INT32, 0)
+        if source is None or source < 0:
+            return None
+        s_in, s_out = scale(source), scale(output)  # the output's steps are what verify counts
+        if s_in is None or s_out is None:
+            return None
+        options = op.table("builtin_options", "SoftmaxOptions")
+        beta = options.scalar("beta", FLOAT32, 1.0) if options is not None else 1.0
+        gain = beta * s_in / s_out
+        return float(gain) if math.isfinite(gain) and gain > 0 else None
     except (MalformedFlatbuffer, struct.error, IndexError, OverflowError, ValueError) as exc:
         raise ModelFileError(f"{label}: malformed operators ({exc}); {_FIX_CORRUPT}") from None
 
