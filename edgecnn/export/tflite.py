@@ -38,11 +38,18 @@ def _converter(model):
     of an int8 conversion of MobileNetV2-0.35 (the file is byte-identical either way).
     """
     tf = tensorflow()
-    holder = tf.Module()
-    holder.model_variables = list(model.variables)
     # Tracing the Keras model can log (absl) on fd 2, like the conversion itself.
     with native_stderr_silenced():
-        return tf.lite.TFLiteConverter.from_concrete_functions([_batch_one_function(model)], holder)
+        function = _batch_one_function(model)
+        holder = tf.Module()
+        holder.model_variables = list(model.variables)
+        # A capture the holder does not track (a resource outside the model's variables) would
+        # make the converter drop the SavedModel route silently, and the file its signature:
+        # then the Keras model, slow but complete, is the trackable object.
+        tracked = {id(v.handle) for v in holder.model_variables}
+        if any(t.dtype == tf.resource and id(t) not in tracked for t in function.captured_inputs):
+            holder = model
+        return tf.lite.TFLiteConverter.from_concrete_functions([function], holder)
 
 
 def _batch_one_function(model):
