@@ -83,6 +83,9 @@ VARIANTS: dict[str, tuple[tuple[str, ...], str]] = {
                                   "difference from no_augment is run-to-run noise"),
     "alpha_0.3": (AUGMENTED + ("distill.alpha=0.3",), "soft_kd with alpha 0.3 (more weight on hard labels)"),
     "no_augment+alpha_0.3": (NO_AUGMENT + ("distill.alpha=0.3",), "no augmentation, soft_kd alpha 0.3"),
+    "no_augment+temperature_2": (NO_AUGMENT + ("distill.temperature=2",),
+                                 "no augmentation, soft_kd at T 2 (sharper targets from a teacher only ~2 points "
+                                 "better than the student)"),
     "keep_first_last_off": (AUGMENTED + ALL_LAYERS, "prune.keep_first_last false (stem and classifier pruned too)"),
     "tfmot_like": (NO_AUGMENT + HARD_LABELS + TFMOT_SCHEDULE,
                    "no augmentation, hard labels, constant sparsity from step 0, Adam 1e-3 constant"),
