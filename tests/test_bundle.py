@@ -417,8 +417,10 @@ def test_standalone_bundle_takes_the_variants_its_manifest_records(tmp_path):
     def record(path, precision, kind="tflite"):
         return {"role": "model.tflite." + precision, "kind": kind, "precision": precision, "path": path}
 
-    typed = {"tflite_int8_pruned": record("pruned_int8.tflite", "int8"), "tflite_int8": record("student_int8.tflite", "int8"),
-             "tflite_float32": record("student_float32.tflite", "float32"), "student": record("student.keras", "float32", "keras"),
+    typed = {"tflite_int8_pruned": record("pruned_int8.tflite", "int8"),
+             "tflite_int8": record("student_int8.tflite", "int8"),
+             "tflite_float32": record("student_float32.tflite", "float32"),
+             "student": record("student.keras", "float32", "keras"),
              "tflite_int8_elsewhere": record("../outside_int8.tflite", "int8")}
     cases = [(typed, "int8", ["student_int8.tflite", "pruned_int8.tflite"]),
              (typed, "all", ["student_int8.tflite", "pruned_int8.tflite", "student_float32.tflite"]),

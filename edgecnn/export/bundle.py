@@ -8,8 +8,9 @@
 * ``labels.txt`` (one class name per line, in output order);
 * ``metadata.json``: input spec, normalization, classes, the source recipe hash and the
   test accuracy the host measured;
-* ``golden_<precision>.npz`` per model (``golden_<file stem>.npz`` for a variant): ``x`` (sample test images, already normalized
-  and quantized exactly as the model's input expects), ``y`` (their labels),
+* ``golden_<precision>.npz`` per model (``golden_<file stem>.npz`` for a variant): ``x``
+  (sample test images, already normalized and quantized exactly as the model's input
+  expects), ``y`` (their labels),
   ``outputs`` (the host interpreter's raw outputs on them) and ``runtime``,
   ``runtime_version``, ``machine``, ``system`` (what produced those outputs). The device
   runner reads ``x``/``y`` directly (``runner.py MODEL --inputs golden_int8.npz``);
