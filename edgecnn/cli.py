@@ -228,7 +228,7 @@ def inspect_command(model: str, as_json: bool, block: int) -> None:
     if as_json:
         per_tensor = [{"tensor": w.tensor, "op": w.op, "dtype": w.dtype, "shape": list(w.shape),
                        "elements": w.elements, "zeros": w.zeros, "sparsity": round(w.sparsity, 5),
-                       f"min_zeros_per_{block}": w.min_zeros_per_block} for w in weights]
+                       f"min_zeros_per_{block}": w.min_zeros_per_block, "scales": w.scales} for w in weights]
         click.echo(json.dumps({**summary_to_dict(summary), "tflite_metadata": meta,
                                "weight_sparsity": {**overall, "tensors": per_tensor}}, indent=2))
         return
@@ -236,6 +236,9 @@ def inspect_command(model: str, as_json: bool, block: int) -> None:
     click.echo(f"weight sparsity (read from the file): {overall['sparsity']:.1%} of {overall['weights']:,} weights zero"
                + (f"; {overall['pruned_tensors']} tensors at >= 30 %: {overall['pruned_sparsity']:.1%} zero"
                   if overall["pruned_tensors"] else ""))
+    if overall["per_channel_tensors"] or overall["per_tensor_tensors"]:
+        click.echo(f"weight scales: per channel in {overall['per_channel_tensors']} tensors, "
+                   f"per tensor in {overall['per_tensor_tensors']}")
     for w in weights:
         if w.sparsity >= 0.3:
             pattern = f", >= {w.min_zeros_per_block} zeros in every {block} along input channels" \

@@ -175,7 +175,8 @@ STAGES: tuple[Stage, ...] = (
           lambda r: r.quantize.int8,
           lambda r: "int8 of every deployable model (student" + (", pruned" if r.prune else "")
                     + (", qat" if r.qat else "") + f"), {r.quantize.io_dtype} I/O, "
-                    f"{r.quantize.calibration_samples or r.data.representative_samples} calibration images"),
+                    f"{r.quantize.calibration_samples or r.data.representative_samples} calibration images"
+                    + (", per-tensor weights (post-training files)" if r.quantize.weights == "per_tensor" else "")),
     # Per-layer mixed precision named in the recipe: from each float32 file, calibrated like quantize.
     Stage("mixed", ("quantize", "data", "seed", *METADATA_SECTIONS),
           ("dataset", "model.keras.*", "model.tflite.float32", "model.tflite.float32.*"),

@@ -74,7 +74,7 @@ def collect_models(ctx: "BuildContext") -> list[dict]:
             # Measured now, not in the cached evaluate stage: a timing is of this machine and
             # moment, and the stage's evaluation.json stays the same bytes for the same models.
             rows[-1]["latency_ms"] = host_latency(artifact.path, runs=LATENCY_RUNS)
-        for key in ("params", "macs", "gzip_bytes", "weight_sparsity", "pruned_tensors",
+        for key in ("params", "macs", "gzip_bytes", "weight_sparsity", "weight_scales", "pruned_tensors",
                     "pruned_tensors_sparsity", "reference",
                     "top1_agreement", "flipped", "flipped_to_wrong", "per_class_change_points", "worst_class"):
             if key in result:
@@ -276,7 +276,8 @@ def render_markdown(report: dict) -> str:
         zeros = f"{m['weight_sparsity']:.1%}" if m.get("weight_sparsity") is not None else "-"
         lat = m.get("latency_ms")
         latency = f"{lat['p50']:.3f} / {lat['p90']:.3f} ms" if lat else "-"
-        lines.append(f"| {m['name']} | `{m['path']}` | {m['precision']} | {io} | {_size_text(m['size_bytes'])} | "
+        precision = m["precision"] + (", per-tensor weights" if m.get("weight_scales") == "per tensor" else "")
+        lines.append(f"| {m['name']} | `{m['path']}` | {precision} | {io} | {_size_text(m['size_bytes'])} | "
                      f"{gz} | {zeros} | {_count(m.get('params'))} | {_count(m.get('macs'))} | {latency} | "
                      f"{_pct(m['accuracy'])} | {m['evaluated_with']} |")
     if any(m.get("latency_ms") for m in report["models"]):

@@ -107,6 +107,35 @@ def test_keep_float_keeps_int8_io_and_the_named_layer_float(bad_model):
         assert ops.count("DEQUANTIZE") == (1 if keep else 0), ops
 
 
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_weight_scales_per_channel_or_per_tensor_in_both_quantizers(bad_model, tmp_path, per_channel):
+    """quantize.weights reaches both writers of int8 files: the converter (a private switch,
+    so this read-back is what notices a TensorFlow that drops it) and litert-quantizer. The
+    scales are counted in the file and as the runtime reports them."""
+    from edgecnn.export import requantize
+    from edgecnn.export.tflite import convert_int8
+    from edgecnn.runtime.interpreter import make_interpreter
+    from edgecnn.tflite.reader import weight_sparsity
+
+    inference, float_path, _, _, calibration = bad_model
+    converted = convert_int8(inference, calibration, "int8", tmp_path / "converter.tflite", per_channel=per_channel)
+    described = requantize.describe(float_path)
+    quantized = tmp_path / "quantizer.tflite"
+    quantized.write_bytes(requantize.quantize_int8(described, requantize.calibrate(described, calibration),
+                                                   per_channel=per_channel))
+    for path in (converted, quantized):
+        rows = {r.tensor: r for r in weight_sparsity(path) if r.dtype == "INT8"}
+        assert len(rows) == 3, list(rows)  # conv_a, conv_b, logits
+        expected = {name: (r.shape[0] if per_channel else 1) for name, r in rows.items()}
+        assert {name: r.scales for name, r in rows.items()} == expected
+        # The runtime agrees on the convolutions. Not on FULLY_CONNECTED: once prepared,
+        # ai-edge-litert reports a per-tensor weight's one scale repeated per output row.
+        interpreter = make_interpreter(path, threads=1)
+        seen = {d["name"]: len(d["quantization_parameters"]["scales"]) for d in interpreter.get_tensor_details()}
+        convs = [name for name, r in rows.items() if r.op == "CONV_2D"]
+        assert len(convs) == 2 and {name: seen[name] for name in convs} == {name: expected[name] for name in convs}
+
+
 def test_gate_finds_the_bad_layer_and_meets_the_budget(bad_model, tmp_path):
     """max_drop 0.3 on the hand-made bad model: the full int8 model fails, the ranking puts
     conv_b first, keeping it float meets the budget with int8 I/O, within 60 s of the

@@ -225,6 +225,42 @@ def test_inspect_prints_the_sparsity_read_back(pruned_build):
     assert as_json["weight_sparsity"]["pruned_tensors"] >= 10
 
 
+def test_per_tensor_weights_rebuild_only_quantize_and_keep_the_zeros(pruned_build, tmp_path):
+    """`--set quantize.weights=per_tensor` on the module build's recipe: everything before
+    quantize comes from the stage cache; the post-training files store one scale per weight
+    tensor (read back from the file), keep the 2:4 zeros, gzip smaller than the per-channel
+    files and are evaluated; the quantization-aware file keeps the per-channel quantizers
+    it trained with."""
+    run, _ = pruned_build
+    work = run.parent
+    out = tmp_path / "run"
+    proc = run_edgecnn("build", str(work / "pruned.yaml"), "--out", str(out), "--set", "quantize.weights=per_tensor",
+                       env={"EDGECNN_CACHE": str(work / "cache")})
+    assert proc.returncode == 0, proc.stderr
+    assert "per-tensor weights (post-training files)" in proc.stderr
+    stages = {s["stage"]: s["cached"] for s in json.loads((out / "report.json").read_text())["stages"]}
+    assert stages["prune"] and stages["qat"] and not stages["quantize"], stages
+    for name in ("student_int8.tflite", "pruned_int8.tflite"):
+        rows = [r for r in weight_sparsity(out / name, block=4) if r.dtype == "INT8"]
+        assert rows and {r.scales for r in rows} == {1}, [(r.tensor, r.scales) for r in rows]
+        before = [r for r in weight_sparsity(run / name) if r.dtype == "INT8"]
+        assert max(r.scales for r in before) > 1  # the module build's files: per channel
+    pruned = [r for r in weight_sparsity(out / "pruned_int8.tflite", block=4) if r.sparsity >= 0.3]
+    assert len(pruned) >= 10 and all(r.min_zeros_per_block >= 2 for r in pruned), pruned[:3]
+    qat = [r for r in weight_sparsity(out / "qat_int8.tflite") if r.op == "CONV_2D" and r.dtype == "INT8"]
+    assert qat and all(r.scales == r.shape[0] > 1 for r in qat), [(r.tensor, r.scales) for r in qat][:3]
+    rows = {m["name"]: m for m in json.loads((out / "report.json").read_text())["models"]}
+    old = {m["name"]: m for m in json.loads((run / "report.json").read_text())["models"]}
+    # tfmot's QAT scheme quantizes Dense weights per tensor and convolutions per channel: "mixed".
+    assert rows["tflite_int8_pruned"]["weight_scales"] == "per tensor" and rows["tflite_int8_qat"]["weight_scales"] == "mixed"
+    assert rows["tflite_int8_pruned"]["gzip_bytes"] < old["tflite_int8_pruned"]["gzip_bytes"]
+    assert rows["tflite_int8_pruned"]["accuracy"] is not None and rows["tflite_int8"]["accuracy"] is not None
+    assert "int8, per-tensor weights" in (out / "report.md").read_text()
+    shown = run_edgecnn("inspect", str(out / "pruned_int8.tflite"))
+    assert f"weight scales: per channel in 0 tensors, per tensor in {len(weight_sparsity(out / 'pruned_int8.tflite'))}" \
+        in shown.stdout, shown.stdout
+
+
 # ----------------------------------------------------------------------------- quantization-aware training
 
 

@@ -138,8 +138,8 @@ def write_recipes(base: Path, epochs: int | None, folder: Path) -> dict[str, Pat
 # --------------------------------------------------------------------------- edgecnn arm
 
 
-def run_edgecnn(recipes: dict[str, Path], runs: Path) -> dict:
-    """``edgecnn build`` of each generated recipe; the int8 file of every mode and the student."""
+def run_edgecnn(recipes: dict[str, Path], runs: Path, overrides: tuple[str, ...] = ()) -> dict:
+    """``edgecnn build`` of each generated recipe (with ``--set`` ``overrides``); the int8 file of every mode and the student."""
     cli = Path(sys.executable).with_name("edgecnn")
     command = [str(cli)] if cli.is_file() else [sys.executable, "-c", "from edgecnn.cli import main; main()"]
     out: dict = {"builds": {}, "files": {}}
@@ -147,7 +147,8 @@ def run_edgecnn(recipes: dict[str, Path], runs: Path) -> dict:
         run_dir = runs / name
         _log(f"\n=== edgecnn build {recipes[name].name} -> {run_dir}")
         start = time.perf_counter()
-        done = subprocess.run([*command, "build", str(recipes[name]), "--out", str(run_dir), "-q"])
+        sets = [arg for item in overrides for arg in ("--set", item)]
+        done = subprocess.run([*command, "build", str(recipes[name]), "--out", str(run_dir), "-q", *sets])
         seconds = round(time.perf_counter() - start, 1)
         if done.returncode:
             raise SystemExit(f"edgecnn build {recipes[name]} failed (exit {done.returncode}); see the log above")
@@ -417,6 +418,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tfmot-learning-rate", type=float,
                         help="Adam learning rate of the tfmot arm (default: optimizer='adam' as the guides, 0.001; "
                              "pqat_example prunes with 1e-5)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="recipe override for every edgecnn build (as edgecnn build --set), e.g. "
+                             "teacher.train.epochs=18: a stronger teacher; the tfmot arm starts from the "
+                             "student those builds distill")
     parser.add_argument("--retrain-tfmot", action="store_true",
                         help="train the tfmot arm again even when OUT/tfmot/tfmot.json records the same run")
     args = parser.parse_args(argv)
@@ -432,12 +437,13 @@ def main(argv: list[str] | None = None) -> None:
     make_dirs(out)
     started = time.perf_counter()
     recipes = write_recipes(base, epochs, out / "recipes")
-    recipe = load_recipe(recipes["pqat"])  # data, student, prune and qat sections of every arm
+    overrides = tuple(args.overrides)
+    recipe = load_recipe(recipes["pqat"], overrides)  # data, student, prune and qat sections of every arm
     prune_train, qat_train = recipe.prune.train, recipe.qat.train
     _log(f"base {base}; prune {prune_train.epochs} epochs, QAT {qat_train.epochs} epochs, "
          f"batch {prune_train.batch_size}/{qat_train.batch_size}; output {out}")
 
-    edgecnn = run_edgecnn(recipes, out / "runs")
+    edgecnn = run_edgecnn(recipes, out / "runs", overrides)
     tfmot = tfmot_arm(recipe, edgecnn["student"], out / "tfmot", args.tfmot_learning_rate, args.retrain_tfmot)
 
     from edgecnn.data import load_dataset
@@ -461,7 +467,7 @@ def main(argv: list[str] | None = None) -> None:
         "what": "edgecnn compression against plain tfmot (its guides' calls) on one distilled student; "
                 "difference = edgecnn - tfmot in points of int8 top-1 accuracy on ai-edge-litert",
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-        "base_recipe": str(base), "test_images": int(len(labels)), "train_images": int(len(ds.y_train)),
+        "base_recipe": str(base), "overrides": list(overrides), "test_images": int(len(labels)), "train_images": int(len(ds.y_train)),
         "prune_train": prune_train.model_dump(mode="json"), "qat_train": qat_train.model_dump(mode="json"),
         "student": str(edgecnn["student"]), "student_sha256": _sha256(edgecnn["student"]),
         "tfmot_settings": {"optimizer": "adam" if args.tfmot_learning_rate is None else

@@ -88,9 +88,10 @@ def layer_names(tensor_name: str) -> set[str]:
     return {parts[-2] for part in tensor_name.split(";") if len(parts := part.split("/")) >= 3}
 
 
-def rank_layers(model, calibration: np.ndarray, float_ops: Sequence[str]) -> list[LayerError]:
+def rank_layers(model, calibration: np.ndarray, float_ops: Sequence[str], per_channel: bool = True) -> list[LayerError]:
     """The quantized ops of ``model`` (a tf_keras inference model), worst first, with the
-    float file's op outputs of each (``float_ops``: :attr:`FloatModel.op_outputs`).
+    float file's op outputs of each (``float_ops``: :attr:`FloatModel.op_outputs`), quantized
+    with the weight scales of the file it explains (``per_channel``).
 
     Only layers found in the float file are returned: those are what the search can keep float.
     """
@@ -103,7 +104,7 @@ def rank_layers(model, calibration: np.ndarray, float_ops: Sequence[str]) -> lis
 
     tf = tensorflow()
     # Float I/O: the debugger compares float outputs; the I/O type does not change layer errors.
-    converter = converter_for(model, get_format("int8"), calibration, "float32")
+    converter = converter_for(model, get_format("int8"), calibration, "float32", per_channel)
     # The debugger runs TensorFlow's deprecated tf.lite.Interpreter, which warns on every
     # load; the ranking is all a person needs from it.
     with native_stderr_silenced(), warnings.catch_warnings():

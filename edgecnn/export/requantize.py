@@ -110,15 +110,20 @@ MIXED_PRECISIONS = ("float32", "int16x8")
 
 
 def quantize_int8(model: FloatModel, ranges: dict, keep_float: Iterable[str] = (),
-                  precisions: dict[str, str] | None = None) -> bytes:
-    """Full-integer int8 (int8 I/O, per-channel weights) of ``model`` with the ops whose
-    output tensor is named in ``keep_float`` left in float32 (dequantized around them), and
-    the ops named in ``precisions`` at theirs (``float32``, or ``int16x8``: int16
-    activations with int8 weights; the quantizer inserts the conversions between them)."""
-    from litert_quantizer import qtyping, quantizer, recipe
+                  precisions: dict[str, str] | None = None, per_channel: bool = True) -> bytes:
+    """Full-integer int8 (int8 I/O) of ``model`` with the ops whose output tensor is named
+    in ``keep_float`` left in float32 (dequantized around them), and the ops named in
+    ``precisions`` at theirs (``float32``, or ``int16x8``: int16 activations with int8
+    weights; the quantizer inserts the conversions between them). Weight scales are per
+    output channel, or one per tensor with ``per_channel`` False."""
+    from litert_quantizer import qtyping, quantizer
 
-    q = quantizer.Quantizer(str(model.path), recipe.static_wi8_ai8())
+    granularity = qtyping.QuantGranularity.CHANNELWISE if per_channel else qtyping.QuantGranularity.TENSORWISE
     every_op = qtyping.TFLOperationName.ALL_SUPPORTED
+    q = quantizer.Quantizer(str(model.path))
+    # What recipe.static_wi8_ai8() sets up, with the weight granularity as asked.
+    q.add_static_config(regex=".*", operation_name=every_op, activation_num_bits=8, weight_num_bits=8,
+                        weight_granularity=granularity)
     wanted = {**(precisions or {}), **{name: "float32" for name in keep_float}}
     for name, precision in wanted.items():
         # The quantizer matches an op by its "scope": its output tensor names, each followed by ";".
@@ -126,7 +131,8 @@ def quantize_int8(model: FloatModel, ranges: dict, keep_float: Iterable[str] = (
         if precision == "float32":
             q.update_quantization_recipe(regex=scope, operation_name=every_op, algorithm_key=_FLOAT)
         elif precision == "int16x8":
-            q.add_static_config(regex=scope, operation_name=every_op, activation_num_bits=16, weight_num_bits=8)
+            q.add_static_config(regex=scope, operation_name=every_op, activation_num_bits=16, weight_num_bits=8,
+                                weight_granularity=granularity)
         else:
             raise ValueError(f"precision {precision!r} is not one of {', '.join(MIXED_PRECISIONS)}")
     with _quiet():

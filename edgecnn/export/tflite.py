@@ -67,7 +67,8 @@ def _batch_one_function(model):
     return serve.get_concrete_function()
 
 
-def converter_for(model, fmt: ExportFormat, representative: np.ndarray | None = None, io_dtype: str = "float32"):
+def converter_for(model, fmt: ExportFormat, representative: np.ndarray | None = None, io_dtype: str = "float32",
+                  per_channel: bool = True):
     """A converter of ``model`` set up as row ``fmt`` says (the gate's layer ranking runs the
     same converter as the int8 file it explains).
 
@@ -76,6 +77,7 @@ def converter_for(model, fmt: ExportFormat, representative: np.ndarray | None = 
         fmt: a row of :data:`edgecnn.export.formats.FORMATS`.
         representative: float32 model-ready inputs for calibration (rows that need it).
         io_dtype: the input/output type of rows whose ``io`` is ``recipe``.
+        per_channel: False = one scale per weight tensor (``quantize.weights: per_tensor``).
     """
     tf = tensorflow()
     converter = _converter(model)
@@ -89,6 +91,11 @@ def converter_for(model, fmt: ExportFormat, representative: np.ndarray | None = 
         if representative is None:
             raise ValueError(f"format {fmt.name} needs calibration images")
         converter.representative_dataset = representative_batches(representative)
+    if not per_channel:
+        # The converter's only switch for per-tensor weights is this private attribute (there
+        # since TF 2.4); tests/test_quantize_modes.py reads the scales back from the file, so
+        # a TensorFlow that drops it fails a test instead of silently writing per-channel.
+        converter._experimental_disable_per_channel = True
     if fmt.io == "recipe" and io_dtype != "float32":
         converter.inference_input_type = getattr(tf, io_dtype)
         converter.inference_output_type = getattr(tf, io_dtype)
@@ -106,10 +113,10 @@ def representative_batches(images: np.ndarray):
 
 
 def convert(model, fmt: ExportFormat, path: str | Path, representative: np.ndarray | None = None,
-            io_dtype: str = "float32") -> Path:
+            io_dtype: str = "float32", per_channel: bool = True) -> Path:
     """Write ``model`` in the format of row ``fmt`` (the converter settings are the row's) atomically;
     arguments as :func:`converter_for`."""
-    return write_bytes_atomic(path, _convert(converter_for(model, fmt, representative, io_dtype)))
+    return write_bytes_atomic(path, _convert(converter_for(model, fmt, representative, io_dtype, per_channel)))
 
 
 def convert_float(model, fmt: ExportFormat, path: str | Path) -> Path:
@@ -127,7 +134,7 @@ def _convert(converter) -> bytes:
         return converter.convert()
 
 
-def convert_int8(model, representative: np.ndarray, io_dtype: str, path: str | Path) -> Path:
+def convert_int8(model, representative: np.ndarray, io_dtype: str, path: str | Path, per_channel: bool = True) -> Path:
     """Write a full-integer int8 TFLite file (weights and activations int8) atomically.
 
     Args:
@@ -136,6 +143,7 @@ def convert_int8(model, representative: np.ndarray, io_dtype: str, path: str | P
             the converter observes activation ranges on them to choose scales.
         io_dtype: ``int8``, ``uint8`` or ``float32`` input/output tensors.
         path: output file.
+        per_channel: one weight scale per output channel (True) or per tensor.
 
     Raises:
         ValueError: when the model has an op with no int8 kernel (the converter refuses
@@ -143,4 +151,4 @@ def convert_int8(model, representative: np.ndarray, io_dtype: str, path: str | P
     """
     from edgecnn.export.formats import get_format
 
-    return convert(model, get_format("int8"), path, representative, io_dtype)
+    return convert(model, get_format("int8"), path, representative, io_dtype, per_channel)

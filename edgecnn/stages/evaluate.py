@@ -47,7 +47,9 @@ def file_compression(path) -> dict:
     # mtime=0: the same file always gives the same gzip size.
     gz = len(gzip.compress(path.read_bytes(), compresslevel=9, mtime=0))
     summary = sparsity_summary(weight_sparsity(path), min_sparsity=0.3)
-    return {"gzip_bytes": gz, "weight_sparsity": summary["sparsity"],
+    channel, tensor = summary["per_channel_tensors"], summary["per_tensor_tensors"]
+    scales = None if not (channel or tensor) else "per channel" if not tensor else "per tensor" if not channel else "mixed"
+    return {"gzip_bytes": gz, "weight_sparsity": summary["sparsity"], "weight_scales": scales,
             "pruned_tensors": summary["pruned_tensors"], "pruned_tensors_sparsity": summary["pruned_sparsity"]}
 
 

@@ -61,6 +61,7 @@ def run_gate(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
     from edgecnn.fileio import write_bytes_atomic, write_json_atomic
 
     cfg = recipe.quantize
+    per_channel = cfg.weights == "per_channel"  # the gated file keeps the int8 file's weight scales
     ds = ctx.dataset
     x_val, y_val = ds.normalization.apply(ds.x_val), np.asarray(ds.y_val).reshape(-1)
     calibration = calibration_images(recipe, ctx)
@@ -93,7 +94,7 @@ def run_gate(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
             start = time.perf_counter()
             keras_model, _ = model_to_convert(ctx, source)  # the debugger converts it again to rank layers
             described = requantize.describe(float_path)
-            ranked = gate.rank_layers(keras_model, calibration, described.op_outputs)
+            ranked = gate.rank_layers(keras_model, calibration, described.op_outputs, per_channel)
             ranges = requantize.calibrate(described, calibration)
             prepared = time.perf_counter()
             ctx.progress.line(f"    ranked {len(ranked)} layers by isolated int8 error and calibrated "
@@ -101,7 +102,8 @@ def run_gate(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
                               + ", ".join(f"{e.layer} {e.rmse_scale:.2f}" for e in ranked[:3]))
             on_attempt = lambda a: ctx.progress.line(  # noqa: E731
                 f"    float {', '.join(a.keep_float) or 'none'}: {a.accuracy:.2%} ({a.drop_points:+.2f} points)")
-            result = gate.search(lambda names: requantize.quantize_int8(described, ranges, names), ranked,
+            result = gate.search(lambda names: requantize.quantize_int8(described, ranges, names, per_channel=per_channel),
+                                 ranked,
                                  lambda m: _accuracy(m, x_val, y_val), float_acc, cfg.max_drop, cfg.gate_attempts,
                                  latency=lambda m: gate.host_latency_ms(m, x_val), on_attempt=on_attempt)
             search_s = round(time.perf_counter() - prepared, 3)

@@ -15,8 +15,11 @@ if TYPE_CHECKING:
 
 def run_quantize(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
     """Full-integer post-training quantization of every deployable Keras model, calibrated on
-    un-augmented training images; with metadata."""
+    un-augmented training images; with metadata. ``quantize.weights`` sets the weight scales
+    of post-training files; a quantization-aware model keeps the per-channel quantizers it
+    trained with (its ranges were learned for them)."""
     from edgecnn.export.formats import get_format
+    from edgecnn.artifacts import QUANTIZATION_AWARE_ROLES
     from edgecnn.export.tflite import convert_int8
 
     calibration = calibration_images(recipe, ctx)
@@ -24,8 +27,11 @@ def run_quantize(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
     produced = []
     for source in deployable_models(ctx):
         model, _ = model_to_convert(ctx, source)
-        path = convert_int8(model, calibration, recipe.quantize.io_dtype, ctx.path(fmt.filename_for(source.name)))
+        per_channel = recipe.quantize.weights == "per_channel" or source.role in QUANTIZATION_AWARE_ROLES
+        path = convert_int8(model, calibration, recipe.quantize.io_dtype, ctx.path(fmt.filename_for(source.name)),
+                            per_channel)
         add_metadata(path, recipe, ctx)
         produced.append(format_artifact(fmt, path, source))
     return StageResult(produced, {"calibration_samples": int(len(calibration)), "io_dtype": recipe.quantize.io_dtype,
+                                  "weights": recipe.quantize.weights,
                                   "sources": [a.source for a in produced]})

@@ -928,6 +928,8 @@ class WeightSparsity:
         min_zeros_per_block: with ``m_by_n=(M, N)``: the fewest zeros in any block of N
             consecutive weights along the last (input-channel) axis; None when N does not
             divide that axis or no pattern was asked for.
+        scales: quantization scales stored for it: 0 = not quantized, 1 = per tensor,
+            more = per channel (each a float32 in the file, with an int64 zero point).
     """
 
     tensor: str
@@ -937,6 +939,7 @@ class WeightSparsity:
     elements: int
     zeros: int
     min_zeros_per_block: int | None = None
+    scales: int = 0
 
     @property
     def sparsity(self) -> float:
@@ -1001,8 +1004,10 @@ def weight_sparsity(path: str | os.PathLike, block: int | None = None) -> list[W
                 per_block = None
                 if block and shape and shape[-1] % block == 0 and values.size % block == 0:
                     per_block = int((values.reshape(-1, block) == 0).sum(axis=1).min())
+                q = t.table("quantization", "QuantizationParameters")
+                scales = len(q.numbers("scale", "f", _MAX_QUANT_PARAMS)) if q is not None else 0
                 rows.append(WeightSparsity(t.string("name"), _WEIGHT_OP_CODES[code], dtype, shape, int(values.size),
-                                           zeros, per_block))
+                                           zeros, per_block, scales))
         return rows
     except (MalformedFlatbuffer, struct.error, IndexError, OverflowError, ValueError) as exc:
         raise ModelFileError(f"{label}: malformed weights ({exc}); {_FIX_CORRUPT}") from None
@@ -1119,6 +1124,7 @@ def sparsity_summary(rows: list[WeightSparsity], min_sparsity: float = 0.0) -> d
     pruned = [r for r in rows if r.sparsity >= min_sparsity and min_sparsity > 0]
     total = sum(r.elements for r in rows)
     return {"weights": total, "zeros": sum(r.zeros for r in rows),
+            "per_channel_tensors": sum(r.scales > 1 for r in rows), "per_tensor_tensors": sum(r.scales == 1 for r in rows),
             "sparsity": round(sum(r.zeros for r in rows) / total, 5) if total else 0.0,
             "pruned_tensors": len(pruned),
             "pruned_sparsity": round(sum(r.zeros for r in pruned) / max(1, sum(r.elements for r in pruned)), 5)
