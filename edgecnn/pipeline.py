@@ -204,7 +204,7 @@ STAGES: tuple[Stage, ...] = (
           environment=_stages.edgetpu_environment),
     Stage("evaluate", ("evaluate",), ("dataset", "model.tflite.*"), ("report.evaluation",), _stages.run_evaluate,
           lambda r: True, lambda r: "test-split accuracy and MACs of every .tflite on ai-edge-litert",
-          revision=2),
+          revision=3),  # 3: weight_scales read back
     # The bundle records the whole recipe's hash and name: every section is in its key.
     Stage("bundle", tuple(Recipe.model_fields), ("dataset", "model.tflite.*", "report.evaluation"), ("bundle",), _stages.run_bundle,
           lambda r: r.export.bundle,

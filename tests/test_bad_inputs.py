@@ -180,6 +180,8 @@ _recipe_case("max-drop-with-uint8-io", "name: a\nquantize: {max_drop: 0.5, io_dt
 _recipe_case("max-drop-without-validation", "name: a\nquantize: {max_drop: 0.5}\ndata: {validation_fraction: 0}\n",
              "data.validation_fraction")
 _recipe_case("max-drop-without-int8", "name: a\nquantize: {max_drop: 0.5, int8: false}\n", "quantize.int8")
+_recipe_case("weights-without-int8", "name: a\nquantize: {weights: per_tensor, int8: false}\n", "quantize.int8")
+_recipe_case("weights-unknown", "name: a\nquantize: {weights: per_row}\n", "per_tensor")
 _recipe_case("gate-attempts-zero", "name: a\nquantize: {max_drop: 0.5, gate_attempts: 0}\n", "gate_attempts")
 _recipe_case("edgetpu-with-int4", "name: a\nexport: {formats: [edgetpu, int4]}\n", "edgetpu cannot run int4",
              "recipe of their own")

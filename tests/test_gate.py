@@ -120,10 +120,14 @@ def test_weight_scales_per_channel_or_per_tensor_in_both_quantizers(bad_model, t
     inference, float_path, _, _, calibration = bad_model
     converted = convert_int8(inference, calibration, "int8", tmp_path / "converter.tflite", per_channel=per_channel)
     described = requantize.describe(float_path)
-    quantized = tmp_path / "quantizer.tflite"
-    quantized.write_bytes(requantize.quantize_int8(described, requantize.calibrate(described, calibration),
-                                                   per_channel=per_channel))
-    for path in (converted, quantized):
+    ranges = requantize.calibrate(described, calibration)
+    quantized, mixed = tmp_path / "quantizer.tflite", tmp_path / "mixed.tflite"
+    quantized.write_bytes(requantize.quantize_int8(described, ranges, per_channel=per_channel))
+    # quantize.mixed's int16x8 layers (int16 activations, int8 weights) follow it too
+    conv_b = [name for name in described.op_outputs if "/conv_b/" in name]
+    mixed.write_bytes(requantize.quantize_int8(described, ranges, precisions={conv_b[0]: "int16x8"},
+                                               per_channel=per_channel))
+    for path in (converted, quantized, mixed):
         rows = {r.tensor: r for r in weight_sparsity(path) if r.dtype == "INT8"}
         assert len(rows) == 3, list(rows)  # conv_a, conv_b, logits
         expected = {name: (r.shape[0] if per_channel else 1) for name, r in rows.items()}

@@ -239,7 +239,8 @@ def test_per_tensor_weights_rebuild_only_quantize_and_keep_the_zeros(pruned_buil
     assert proc.returncode == 0, proc.stderr
     assert "per-tensor weights (post-training files)" in proc.stderr
     stages = {s["stage"]: s["cached"] for s in json.loads((out / "report.json").read_text())["stages"]}
-    assert stages["prune"] and stages["qat"] and not stages["quantize"], stages
+    assert all(stages[s] for s in ("data", "teacher", "student", "prune", "qat", "export")), stages
+    assert not stages["quantize"], stages
     for name in ("student_int8.tflite", "pruned_int8.tflite"):
         rows = [r for r in weight_sparsity(out / name, block=4) if r.dtype == "INT8"]
         assert rows and {r.scales for r in rows} == {1}, [(r.tensor, r.scales) for r in rows]
@@ -352,6 +353,17 @@ def test_a_layer_tfmot_cannot_quantize_is_one_line_and_keep_float_skips_it():
 
 
 # ----------------------------------------------------------------------------- channel pruning
+
+
+def test_quantize_weights_is_part_of_the_key_only_when_not_the_default():
+    """Recipes written before quantize.weights keep their quantize (and bundle) keys."""
+    from edgecnn.recipe import Recipe
+
+    def key(**quantize) -> str:
+        return Recipe.model_validate({"name": "k", "quantize": quantize}).section_hash("quantize")
+
+    assert key() == key(weights="per_channel") != key(weights="per_tensor")
+    assert key(io_dtype="uint8") != key()
 
 
 def _student():

@@ -301,7 +301,7 @@ def tfmot_arm(recipe, student_path: Path, folder: Path, learning_rate: float | N
 
     settings = {"revision": TFMOT_REVISION, "student_sha256": _sha256(student_path),
                 "data": recipe.data.model_dump(mode="json"), "seed": recipe.seed,
-                "quantize": recipe.quantize.model_dump(mode="json"),
+                "quantize": recipe.quantize.model_dump(mode="json", exclude={"weights"}),  # the arm is per channel
                 "prune_train": recipe.prune.train.model_dump(mode="json"),
                 "qat_train": recipe.qat.train.model_dump(mode="json"), "learning_rate": learning_rate}
     record_path = folder / TFMOT_RECORD
@@ -421,7 +421,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="recipe override for every edgecnn build (as edgecnn build --set), e.g. "
                              "teacher.train.epochs=18: a stronger teacher; the tfmot arm starts from the "
-                             "student those builds distill")
+                             "student those builds distill and takes only the data, seed, quantize I/O and "
+                             "prune/qat train settings")
     parser.add_argument("--retrain-tfmot", action="store_true",
                         help="train the tfmot arm again even when OUT/tfmot/tfmot.json records the same run")
     args = parser.parse_args(argv)
@@ -439,6 +440,9 @@ def main(argv: list[str] | None = None) -> None:
     recipes = write_recipes(base, epochs, out / "recipes")
     overrides = tuple(args.overrides)
     recipe = load_recipe(recipes["pqat"], overrides)  # data, student, prune and qat sections of every arm
+    if recipe.quantize.weights != "per_channel":
+        parser.error("quantize.weights: the tfmot arm converts as TFLite's guide does, per channel; "
+                     "compare per-tensor files with tools/bench_weight_scales.py")
     prune_train, qat_train = recipe.prune.train, recipe.qat.train
     _log(f"base {base}; prune {prune_train.epochs} epochs, QAT {qat_train.epochs} epochs, "
          f"batch {prune_train.batch_size}/{qat_train.batch_size}; output {out}")

@@ -87,6 +87,9 @@ VARIANTS: dict[str, tuple[tuple[str, ...], str]] = {
                                  "no augmentation, soft_kd at T 2 (sharper targets from a teacher only ~2 points "
                                  "better than the student)"),
     "keep_first_last_off": (AUGMENTED + ALL_LAYERS, "prune.keep_first_last false (stem and classifier pruned too)"),
+    "tfmot_schedule": (NO_AUGMENT + TFMOT_SCHEDULE,
+                       "no augmentation, distillation kept, tfmot's schedule: constant sparsity from step 0, "
+                       "Adam 1e-3 constant"),
     "tfmot_like": (NO_AUGMENT + HARD_LABELS + TFMOT_SCHEDULE,
                    "no augmentation, hard labels, constant sparsity from step 0, Adam 1e-3 constant"),
 }
@@ -137,7 +140,8 @@ def evaluate_int8(model_path: Path, recipe, ctx, tflite_path: Path, x_test, labe
 
     start = time.perf_counter()
     model = inference_model(load_model(model_path))
-    convert_int8(model, calibration_images(recipe, ctx), recipe.quantize.io_dtype, tflite_path)
+    convert_int8(model, calibration_images(recipe, ctx), recipe.quantize.io_dtype, tflite_path,
+                 per_channel=recipe.quantize.weights == "per_channel")
     predicted = predict_classes(tflite_path, x_test, num_threads=recipe.evaluate.threads)
     summary = sparsity_summary(weight_sparsity(tflite_path), min_sparsity=0.3)
     return {"int8_accuracy": round(float(np.mean(predicted == labels)), 5), "int8_path": str(tflite_path),

@@ -93,7 +93,7 @@ def converter_for(model, fmt: ExportFormat, representative: np.ndarray | None = 
         converter.representative_dataset = representative_batches(representative)
     if not per_channel:
         # The converter's only switch for per-tensor weights is this private attribute (there
-        # since TF 2.4); tests/test_quantize_modes.py reads the scales back from the file, so
+        # since TF 2.4); tests/test_gate.py reads the scales back from the file, so
         # a TensorFlow that drops it fails a test instead of silently writing per-channel.
         converter._experimental_disable_per_channel = True
     if fmt.io == "recipe" and io_dtype != "float32":

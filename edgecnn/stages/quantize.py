@@ -16,8 +16,8 @@ if TYPE_CHECKING:
 def run_quantize(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
     """Full-integer post-training quantization of every deployable Keras model, calibrated on
     un-augmented training images; with metadata. ``quantize.weights`` sets the weight scales
-    of post-training files; a quantization-aware model keeps the per-channel quantizers it
-    trained with (its ranges were learned for them)."""
+    of post-training files; a quantization-aware model keeps the quantizers it trained with
+    (tfmot's: per channel for convolutions, per tensor for Dense; its ranges were learned for them)."""
     from edgecnn.export.formats import get_format
     from edgecnn.artifacts import QUANTIZATION_AWARE_ROLES
     from edgecnn.export.tflite import convert_int8

@@ -929,7 +929,8 @@ class WeightSparsity:
             consecutive weights along the last (input-channel) axis; None when N does not
             divide that axis or no pattern was asked for.
         scales: quantization scales stored for it: 0 = not quantized, 1 = per tensor,
-            more = per channel (each a float32 in the file, with an int64 zero point).
+            more = per channel (each a float32 in the file, with an int64 zero point); a
+            one-channel tensor has one scale either way and counts as per tensor.
     """
 
     tensor: str
