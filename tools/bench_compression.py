@@ -46,9 +46,11 @@ guides pass ``validation_split=0.1``, so both arms train on the same images). Co
 (edgecnn's calibration images), ``TFLITE_BUILTINS_INT8`` and the recipe's int8/uint8 I/O,
 as TFLite's post-training integer quantization guide does. The model is converted as the
 guides convert theirs (logits out); edgecnn appends a softmax (``inference_model``).
-What edgecnn adds on its side: distillation from the teacher, augmentation, its pruning
-schedule and layer choice (first, last and depthwise layers dense), BatchNorm
-re-estimation, cosine learning rates.
+What edgecnn adds on its side: distillation from the teacher (in the fine-tunes, and in the
+student both arms start from), its layer choice (first, last and depthwise layers dense),
+BatchNorm re-estimation, and the base recipe's schedules and learning rates. ``--set``
+overrides reach the edgecnn builds; the tfmot arm reads only the data, seed, I/O type and
+the fine-tunes' epochs and batch size, so it is trained once per student.
 
 Output: one table on stdout and ``OUT/compression.json`` + ``OUT/compression.md``
 (written atomically); the tfmot files in ``OUT/tfmot/``, the edgecnn runs in ``OUT/runs/``.
@@ -295,6 +297,14 @@ TFMOT_RECORD = "tfmot.json"
 TFMOT_REVISION = 1
 
 
+def _what_tfmot_uses(settings: dict) -> dict:
+    """``settings`` with the fine-tune sections cut to what the tfmot arm reads (epochs, batch
+    size: its optimizer is the guides' Adam), so a change to edgecnn's own learning rate or
+    schedule does not train the tfmot arm again."""
+    return {**settings, **{key: {k: settings.get(key, {}).get(k) for k in ("epochs", "batch_size")}
+                           for key in ("prune_train", "qat_train")}}
+
+
 def tfmot_arm(recipe, student_path: Path, folder: Path, learning_rate: float | None, retrain: bool) -> dict:
     """:func:`run_tfmot`, or its recorded result when the student, data and settings are unchanged."""
     from edgecnn.fileio import write_json_atomic
@@ -307,7 +317,7 @@ def tfmot_arm(recipe, student_path: Path, folder: Path, learning_rate: float | N
     record_path = folder / TFMOT_RECORD
     if not retrain and record_path.is_file():
         record = json.loads(record_path.read_text())
-        if record.get("settings") == settings and all(
+        if _what_tfmot_uses(record.get("settings", {})) == _what_tfmot_uses(settings) and all(
                 Path(f).is_file() and _sha256(Path(f)) == record["sha256"][mode] for mode, f in record["files"].items()):
             _log(f"\n=== tfmot arm re-used from {record_path} (same student and settings; --retrain-tfmot trains again)")
             return {**record, "files": {mode: Path(f) for mode, f in record["files"].items()}}
