@@ -177,7 +177,7 @@ def test_crash_mid_write_leaves_nothing_that_passes_for_valid(built, monkeypatch
     recipe_path, result = built
     override = ("quantize.calibration_samples=16",)
 
-    def dying_convert(model, representative, io_dtype, path):
+    def dying_convert(model, representative, io_dtype, path, per_channel=True):
         with atomic_path(path) as tmp:
             tmp.write_bytes(b"TFL3 half a model")
             raise RuntimeError("killed mid-write")

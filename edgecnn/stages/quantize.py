@@ -29,7 +29,7 @@ def run_quantize(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
         model, _ = model_to_convert(ctx, source)
         per_channel = recipe.quantize.weights == "per_channel" or source.role in QUANTIZATION_AWARE_ROLES
         path = convert_int8(model, calibration, recipe.quantize.io_dtype, ctx.path(fmt.filename_for(source.name)),
-                            per_channel)
+                            per_channel=per_channel)
         add_metadata(path, recipe, ctx)
         produced.append(format_artifact(fmt, path, source))
     return StageResult(produced, {"calibration_samples": int(len(calibration)), "io_dtype": recipe.quantize.io_dtype,
