@@ -259,8 +259,11 @@ def write_table(out: Path, command: str) -> str:
     md = "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
                    + ["| " + " | ".join(str(c) for c in line) + " |" for line in body])
     reference = ""
-    compression = ROOT / "bench_out" / "compression" / "compression.json"
-    if compression.is_file():
+    # The tools/bench_compression.py result of the same student, wherever its --out put it.
+    student_sha = records[0].get("student_sha256") if records else None
+    compression = next((p for p in sorted(ROOT.glob("bench_out/*/compression.json"))
+                        if json.loads(p.read_text()).get("student_sha256") == student_sha), None)
+    if compression is not None:
         for row in json.loads(compression.read_text()).get("rows", []):
             if row.get("mode") == "prune50":
                 reference = (f"Reference ({compression.relative_to(ROOT)}, prune50): plain tfmot int8 "
