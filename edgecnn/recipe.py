@@ -304,6 +304,11 @@ class QuantizeConfig(_Section):
     mixed: dict[str, Literal["float32", "int16x8"]] = Field({}, description="Per-layer mixed precision: Keras layer-name globs of the student and the precision of their ops (float32, or int16x8: int16 activations, int8 weights); everything else is int8, I/O int8. Writes <model>_int8_mixed.tflite with litert-quantizer from the float32 file. A glob that matches no layer is an error naming close layer names.")
     gate_attempts: int = Field(8, ge=1, le=64, description="Candidates the accuracy gate tries at most: the full int8 model, then the 1, 2, ... worst layers kept float.")
 
+    @property
+    def per_channel(self) -> bool:
+        """Whether post-training int8 weights get one scale per output channel (``weights``)."""
+        return self.weights == "per_channel"
+
 
 class ExportConfig(_Section):
     """TFLite export; see edgecnn.export.formats for the table of formats."""
@@ -409,7 +414,7 @@ class Recipe(_Section):
             if other:
                 raise ValueError(f"export.formats: edgetpu cannot run {' or '.join(other)} (the Edge TPU runs int8 "
                                  "only); build those in a recipe of their own, or remove edgetpu")
-        if self.quantize.weights != "per_channel" and not self.quantize.int8:
+        if not self.quantize.per_channel and not self.quantize.int8:
             raise ValueError(f"quantize.weights {self.quantize.weights} sets the scales of the int8 model, but "
                              f"quantize.int8 is false; set quantize.int8: true or remove weights")
         if self.quantize.mixed and (not self.quantize.int8 or self.quantize.io_dtype != "int8"):

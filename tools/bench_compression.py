@@ -450,7 +450,7 @@ def main(argv: list[str] | None = None) -> None:
     recipes = write_recipes(base, epochs, out / "recipes")
     overrides = tuple(args.overrides)
     recipe = load_recipe(recipes["pqat"], overrides)  # data, student, prune and qat sections of every arm
-    if recipe.quantize.weights != "per_channel":
+    if not recipe.quantize.per_channel:
         parser.error("quantize.weights: the tfmot arm converts as TFLite's guide does, per channel; "
                      "compare per-tensor files with tools/bench_weight_scales.py")
     prune_train, qat_train = recipe.prune.train, recipe.qat.train

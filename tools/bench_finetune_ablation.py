@@ -146,7 +146,7 @@ def evaluate_int8(model_path: Path, recipe, ctx, tflite_path: Path, x_test, labe
     start = time.perf_counter()
     model = inference_model(load_model(model_path))
     convert_int8(model, calibration_images(recipe, ctx), recipe.quantize.io_dtype, tflite_path,
-                 per_channel=recipe.quantize.weights == "per_channel")
+                 per_channel=recipe.quantize.per_channel)
     predicted = predict_classes(tflite_path, x_test, num_threads=recipe.evaluate.threads)
     summary = sparsity_summary(weight_sparsity(tflite_path), min_sparsity=0.3)
     return {"int8_accuracy": round(float(np.mean(predicted == labels)), 5), "int8_path": str(tflite_path),

@@ -61,7 +61,7 @@ def run_gate(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
     from edgecnn.fileio import write_bytes_atomic, write_json_atomic
 
     cfg = recipe.quantize
-    per_channel = cfg.weights == "per_channel"  # the gated file keeps the int8 file's weight scales
+    per_channel = cfg.per_channel  # the gated file keeps the int8 file's weight scales
     ds = ctx.dataset
     x_val, y_val = ds.normalization.apply(ds.x_val), np.asarray(ds.y_val).reshape(-1)
     calibration = calibration_images(recipe, ctx)

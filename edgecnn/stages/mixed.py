@@ -73,7 +73,7 @@ def run_mixed(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
                 layers[pattern] = sorted({n for op in ops for n in layer_names(op) if fnmatchcase(n, pattern)})
             ranges = requantize.calibrate(described, calibration)
             model = requantize.quantize_int8(described, ranges, precisions=precisions,
-                                             per_channel=recipe.quantize.weights == "per_channel")
+                                             per_channel=recipe.quantize.per_channel)
         path = write_bytes_atomic(ctx.path(MIXED_FORMAT.filename_for(source.name)), model)
         add_metadata(path, recipe, ctx)
         produced.append(format_artifact(MIXED_FORMAT, path, source))

@@ -27,7 +27,7 @@ def run_quantize(recipe: "Recipe", ctx: "BuildContext") -> StageResult:
     produced = []
     for source in deployable_models(ctx):
         model, _ = model_to_convert(ctx, source)
-        per_channel = recipe.quantize.weights == "per_channel" or source.role in QUANTIZATION_AWARE_ROLES
+        per_channel = recipe.quantize.per_channel or source.role in QUANTIZATION_AWARE_ROLES
         path = convert_int8(model, calibration, recipe.quantize.io_dtype, ctx.path(fmt.filename_for(source.name)),
                             per_channel=per_channel)
         add_metadata(path, recipe, ctx)
