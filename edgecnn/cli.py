@@ -49,6 +49,28 @@ def describe_os_error(exc: OSError) -> str:
     return f"{path}: {reason}{f' ({name})' if name else ''}; {fix}"
 
 
+def _stdout_is_gone() -> bool:
+    """Whether standard output is a pipe whose reader has closed it (the write end then polls
+    as an error); if so, point it at /dev/null so that the interpreter's flush at exit does
+    not fail a second time."""
+    import os
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    if not hasattr(select, "poll"):
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    if not any(events & select.POLLERR for _, events in poller.poll(0)):
+        return False
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    return True
+
+
 class _Cli(click.Group):
     """Turns :class:`EdgecnnError` into one line on stderr and its exit code."""
 
@@ -71,6 +93,13 @@ class _Cli(click.Group):
             sys.exit(exc.exit_code)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort, SystemExit):
             raise
+        except BrokenPipeError as exc:
+            if not _stdout_is_gone():
+                click.echo(f"error: {describe_os_error(exc)}", err=True)
+                sys.exit(FilesystemError.exit_code)
+            # The reader of the output left (`edgecnn validate r.yaml | head -3`): stop quietly,
+            # as other Unix tools do, with the status a shell gives a command SIGPIPE ended.
+            sys.exit(128 + 13)
         except OSError as exc:
             # Read-only folders, full disks, permissions, a file where a folder belongs:
             # the user's environment, not an edgecnn bug. One line naming the path.

@@ -52,6 +52,19 @@ def test_validate_prints_the_plan():
     assert plan["recipe"]["name"] == "quickstart"
 
 
+def test_output_into_a_closed_pipe_stops_quietly():
+    """``edgecnn validate r.yaml | head -1``: when the reader has gone, no error line and no
+    traceback, and the exit status a shell gives a command that SIGPIPE ended (128 + 13)."""
+    from helpers import EDGECNN_COMMAND
+
+    proc = subprocess.Popen([EDGECNN_COMMAND, "validate", "recipes/quickstart.yaml"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader leaves before the command writes its first line
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141, stderr
+    assert stderr == "", stderr
+
+
 def test_validate_without_distillation_skips_the_teacher():
     plan = json.loads(run("validate", "recipes/quickstart.yaml", "--json", "--set", "distill.enabled=false").stdout)
     assert "teacher" not in [s["name"] for s in plan["stages"]]
