@@ -93,8 +93,7 @@ MODES = (
 EDGECNN_BUILDS = ("pqat", "2by4", "qat")
 # Builds that extend a recipe of their own (full data only): the recipe a user of that mode
 # alone runs, whose fine-tune rate was chosen on its validation split (QAT of the distilled
-# student alone: 5e-4 constant, where after pruning 1e-4 cosine keeps more; 2:4, masked from
-# the first step: 4e-3 cosine, where the gradual-free 50 % prune takes 1e-3 constant).
+# student alone: 5e-4 constant, where after pruning a lower rate keeps more).
 MODE_RECIPES = {"qat": ROOT / "recipes" / "fashion_mnist_qat.yaml",
                 "2by4": ROOT / "recipes" / "fashion_mnist_2by4.yaml"}
 EDGECNN_FILES = {
