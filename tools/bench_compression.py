@@ -394,6 +394,15 @@ def _sparsity_note(mode: str, results: dict, train_images: int, prune_train) -> 
     return text
 
 
+def render_table(head: tuple, body: list[tuple]) -> tuple[str, str]:
+    """Rows as aligned plain text (stdout) and as a Markdown table."""
+    widths = [max(len(str(line[i])) for line in (head, *body)) for i in range(len(head))]
+    text = "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in (head, *body))
+    md = "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+                    + ["| " + " | ".join(str(c) for c in line) + " |" for line in body])
+    return text, md
+
+
 def make_table(rows: list[dict]) -> tuple[str, str]:
     """The table as plain text (stdout) and Markdown, each followed by the rows' notes."""
     head = ("mode", "tfmot int8 %", "edgecnn int8 %", "difference (points)", "sparsity read back (tfmot / edgecnn)",
@@ -401,10 +410,7 @@ def make_table(rows: list[dict]) -> tuple[str, str]:
     body = [(r["mode"], f"{100 * r['tfmot']['accuracy']:.2f}", f"{100 * r['edgecnn']['accuracy']:.2f}",
              f"{r['difference_points']:+.2f}", f"{_sparsity_text(r['tfmot'])} / {_sparsity_text(r['edgecnn'])}",
              r["epochs"]) for r in rows]
-    widths = [max(len(str(line[i])) for line in (head, *body)) for i in range(len(head))]
-    text = "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in (head, *body))
-    md = "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-                    + ["| " + " | ".join(str(c) for c in line) + " |" for line in body])
+    text, md = render_table(head, body)
     notes = "\n".join(f"- {r['mode']}: {r['note']}" for r in rows if r.get("note"))
     if notes:
         text += "\n\nnot at equal sparsity:\n" + notes

@@ -24,6 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tools.bench_compression import render_table  # noqa: E402  (the same table layout as one run's)
+
 
 def _seed_of(report: dict) -> int:
     """The run's seed: recorded since the seed was part of the report, else its ``--set seed=``, else the recipe's."""
@@ -80,11 +82,7 @@ def make_table(report: dict) -> tuple[str, str]:
     body = [(row["mode"], row["epochs"],
              *(f"{100 * s['tfmot']:.2f} / {100 * s['edgecnn']:.2f} ({s['difference_points']:+.2f})" for s in row["seeds"]),
              f"{row['mean_difference_points']:+.2f}", f"{row['min_difference_points']:+.2f}") for row in report["rows"]]
-    widths = [max(len(str(line[i])) for line in (head, *body)) for i in range(len(head))]
-    text = "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in (head, *body))
-    md = "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-                   + ["| " + " | ".join(str(c) for c in line) + " |" for line in body])
-    return text, md
+    return render_table(head, body)
 
 
 def main(argv: list[str] | None = None) -> None:
