@@ -237,14 +237,15 @@ class PruneConfig(_Section):
     def _sparsity_of_m_by_n(cls, data: Any) -> Any:
         # M:N fixes the sparsity at M/N: filled in here (the model is frozen afterwards).
         pair = data.get("m_by_n") if isinstance(data, dict) else None
-        if isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(v, int) and v > 0 for v in pair):
+        # An impossible pair (M >= N) is left to _consistent, whose message says what a pair needs.
+        if (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(v, int) and v > 0 for v in pair)
+                and pair[0] < pair[1]):
             m, n = pair
             given = data.get("sparsity")
             if given is not None and isinstance(given, (int, float)) and abs(given - m / n) > 1e-9:
                 raise ValueError(f"prune.m_by_n {list(pair)} sets the sparsity to {m / n:g}; "
                                  f"remove prune.sparsity ({given:g}) or make it {m / n:g}")
-            if m < n:
-                data = {**data, "sparsity": m / n}
+            data = {**data, "sparsity": m / n}
         return data
 
     @model_validator(mode="after")

@@ -27,6 +27,7 @@ from edgecnn.tflite.reader import sparsity_summary, weight_sparsity
     ({"sparsity": -0.1}, "greater than or equal to 0"),
     ({"begin": 0.6, "end": 0.5}, "ends (end 0.5) before it begins (begin 0.6)"),
     ({"m_by_n": [4, 2]}, "need 1 <= M < N"),
+    ({"m_by_n": [4, 2], "sparsity": 0.5}, "need 1 <= M < N"),  # sparsity set (or inherited): still the pair's fault
     ({"m_by_n": [2, 4], "sparsity": 0.3}, "sets the sparsity to 0.5"),
     ({"schedule": {"kind": "cubic"}}, "'constant', 'polynomial_decay'"),
     ({"schedule": {"kind": "polynomial_decay", "initial_sparsity": 0.8}}, "above the target"),
