@@ -222,7 +222,7 @@ def build(recipe: str, out_dir: str | None, overrides: tuple[str, ...], quiet: b
 def validate(recipe: str, overrides: tuple[str, ...], as_json: bool) -> None:
     """Check RECIPE and print the resolved plan, without importing TensorFlow."""
     from edgecnn.pipeline import planned_stages
-    from edgecnn.recipe import load_recipe, recipe_warnings
+    from edgecnn.recipe import layer_name_keys, load_recipe, recipe_warnings
 
     r = load_recipe(recipe, overrides)
     plan = planned_stages(r)
@@ -235,6 +235,10 @@ def validate(recipe: str, overrides: tuple[str, ...], as_json: bool) -> None:
     click.echo(f"{recipe}: valid recipe '{r.name}' (hash {r.recipe_hash[:12]})")
     for i, stage in enumerate(plan, start=1):
         click.echo(f"  {i}. {stage.name:<9} {stage.describe(r)}")
+    named = layer_name_keys(r)
+    if named:
+        # Checking them needs the student built in TensorFlow, which validate never imports.
+        click.echo(f"  layer names in {', '.join(named)} are checked against the student when the build starts")
 
 
 @main.command("inspect")

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError, field_validator,
+                      model_validator)
 
 from edgecnn.errors import RecipeError
 from edgecnn.fileio import json_type_name
@@ -232,21 +233,41 @@ class PruneConfig(_Section):
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=2, learning_rate=5e-4),
                                description="Fine-tuning while pruning (distilled from the teacher when there is one).")
 
+    @field_validator("schedule", mode="before")
+    @classmethod
+    def _kind_alone(cls, v: Any) -> Any:
+        # `schedule: constant` is short for `schedule: {kind: constant}`.
+        return {"kind": v} if isinstance(v, str) else v
+
     @model_validator(mode="before")
     @classmethod
     def _sparsity_of_m_by_n(cls, data: Any) -> Any:
         # M:N fixes the sparsity at M/N: filled in here (the model is frozen afterwards).
         pair = data.get("m_by_n") if isinstance(data, dict) else None
-        # An impossible pair (M >= N) is left to _consistent, whose message says what a pair needs.
-        if (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(v, int) and v > 0 for v in pair)
-                and pair[0] < pair[1]):
-            m, n = pair
-            given = data.get("sparsity")
-            if given is not None and isinstance(given, (int, float)) and abs(given - m / n) > 1e-9:
+        if pair is None:
+            return data
+        try:
+            # The field's own conversion ("2" -> 2, 4.0 -> 4), so a pair written that way gets
+            # its sparsity too; what it refuses is left to the field's message.
+            pair = TypeAdapter(tuple[int, int]).validate_python(pair)
+        except ValidationError:
+            return data
+        # An impossible pair (M >= N, N > 64) is left to _consistent, whose message says what a pair needs
+        # (a `sparsity: null` that only made way for the pair would otherwise be reported first).
+        if not 1 <= pair[0] < pair[1] <= 64:
+            return {key: value for key, value in data.items() if not (key == "sparsity" and value is None)}
+        m, n = pair
+        given = data.get("sparsity")
+        if given is not None:
+            try:
+                given = TypeAdapter(float).validate_python(given)
+            except ValidationError:
+                return data  # the field says what is wrong with it
+            if abs(given - m / n) > 1e-9:
                 raise ValueError(f"prune.m_by_n {list(pair)} sets the sparsity to {m / n:g}; "
-                                 f"remove prune.sparsity ({given:g}) or make it {m / n:g}")
-            data = {**data, "sparsity": m / n}
-        return data
+                                 f"remove prune.sparsity ({given:g}) or make it {m / n:g} "
+                                 "(or set prune.m_by_n: null for unstructured pruning)")
+        return {**data, "sparsity": m / n}
 
     @model_validator(mode="after")
     def _consistent(self) -> "PruneConfig":
@@ -626,12 +647,16 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     """
     path = Path(path)
     raw, provenance = _load_with_extends(path, chain=())
+    overridden = set()
     for item in overrides:
         key = _apply_override(raw, item)
+        overridden.add(key)
         # A --set value is the user's own choice, not inherited; nor is anything it replaced.
         provenance.origin = {k: f for k, f in provenance.origin.items()
                              if not (k == key or k.startswith(key + ".") or key.startswith(k + "."))}
-    recipe = validate_recipe(raw, source=str(path))
+    inherited = {key: origin for key, origin in provenance.origin.items() if origin != str(path)}
+    _prefer_own_m_by_n(raw, inherited, overridden)
+    recipe = validate_recipe(raw, source=str(path), origins=inherited)
     recipe._inherited = {key: origin for key, origin in provenance.origin.items() if origin != str(path)}
     recipe._source = str(path)
     recipe._parent_file = provenance.parent_file
@@ -639,15 +664,37 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     return recipe
 
 
-def validate_recipe(raw: dict, source: str = "<recipe>") -> Recipe:
-    """Validate already-merged recipe data; see :func:`load_recipe`."""
+def validate_recipe(raw: dict, source: str = "<recipe>", origins: Optional[dict[str, str]] = None) -> Recipe:
+    """Validate already-merged recipe data; see :func:`load_recipe`.
+
+    ``origins``: dotted key -> the parent file that set it, named in error messages.
+    """
     try:
         return Recipe.model_validate(raw)
     except ValidationError as exc:
-        raise RecipeError(_explain(exc, source)) from None
+        raise RecipeError(_explain(exc, source, origins)) from None
+
+
+def _prefer_own_m_by_n(raw: dict, inherited: dict[str, str], overridden: set[str]) -> None:
+    """Drop ``prune.sparsity`` when it was set further away than ``prune.m_by_n``.
+
+    M:N fixes the sparsity at M/N, so a child asking for ``[1, 4]`` under a parent's
+    ``sparsity: 0.5`` (or ``--set prune.m_by_n=[1,4]`` on a file with one) means 1:4;
+    refusing it would send the user to edit a file they did not mean to change.
+    """
+    prune = raw.get("prune")
+    own = "prune.m_by_n" not in inherited
+    farther = ("prune.sparsity" in inherited
+               or "prune.m_by_n" in overridden and "prune.sparsity" not in overridden)
+    if isinstance(prune, dict) and prune.get("m_by_n") is not None and own and farther:
+        raw["prune"] = {key: value for key, value in prune.items() if key != "sparsity"}
 
 
 def _read_yaml(path: Path) -> dict:
+    if path.is_dir():
+        raise RecipeError(f"{path}: is a folder, not a recipe file; name a .yaml file (e.g. recipes/quickstart.yaml)")
+    if path.exists() and not path.is_file():
+        raise RecipeError(f"{path}: not a regular file; a recipe is a .yaml file (e.g. recipes/quickstart.yaml)")
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file not found; check the path (recipes ship in recipes/, e.g. recipes/quickstart.yaml)")
     try:
@@ -687,6 +734,8 @@ def _load_with_extends(path: Path, chain: tuple[Path, ...]) -> tuple[dict, _Prov
     if not isinstance(parent, str):
         raise RecipeError(f"{path}: 'extends' must be a path to another recipe file, got {json_type_name(parent)}")
     parent_path = Path(parent) if Path(parent).is_absolute() else path.parent / parent
+    if parent_path.is_dir():
+        raise RecipeError(f"{path}: extends '{parent}', which is a folder (looked at {parent_path}); name a recipe file in it")
     if not parent_path.is_file():
         raise RecipeError(f"{path}: extends '{parent}', which does not exist (looked at {parent_path}); paths are relative to the recipe file")
     base, base_provenance = _load_with_extends(parent_path, (*chain, resolved))
@@ -741,45 +790,86 @@ def _apply_override(raw: dict, item: str) -> str:
 # --------------------------------------------------------------------------- error messages
 
 
-def _fields_at(loc: tuple) -> list[str]:
-    """Field names of the model reached by following ``loc`` from :class:`Recipe`."""
+def _models_of(annotation: Any) -> list[type]:
+    """The BaseModel classes an annotation allows (one, or the members of a union)."""
+    candidates = [annotation, *getattr(annotation, "__args__", ())]
+    return [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+
+
+def _tag_of(model: type) -> Optional[str]:
+    """The ``kind`` a member of a tagged union stands for (``prune.schedule``), else None."""
+    field = getattr(model, "model_fields", {}).get("kind")
+    return field.default if field is not None and isinstance(field.default, str) else None
+
+
+def _walk(loc: tuple) -> tuple[list[str], Any]:
+    """Follow a pydantic error location from :class:`Recipe`: the key path a user writes
+    (list indices kept, union tags dropped: pydantic puts ``polynomial_decay`` into
+    ``prune.schedule.polynomial_decay.power``) and the model reached (None past a leaf)."""
     model: Any = Recipe
-    for part in loc:
-        if isinstance(part, int):
+    shown: list[str] = []
+    parts = list(loc)
+    while parts:
+        part = parts.pop(0)
+        shown.append(str(part))
+        if isinstance(part, int) or model is None:
             continue
         field = getattr(model, "model_fields", {}).get(part)
-        if field is None:
-            break
-        annotation = field.annotation
-        candidates = [annotation, *getattr(annotation, "__args__", ())]
-        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
-        if model is None:
-            return []
-    return list(getattr(model, "model_fields", {}))
+        models = _models_of(field.annotation) if field is not None else []
+        if len(models) > 1 and parts and any(_tag_of(m) == parts[0] for m in models):
+            tag = parts.pop(0)
+            model = next(m for m in models if _tag_of(m) == tag)
+        else:
+            model = models[0] if models else None
+    return shown, model
 
 
-def _explain(exc: ValidationError, source: str) -> str:
-    """One line: the file, then each problem (usually one) with its key path and fix, joined by "; "."""
+def _fields_at(loc: tuple) -> list[str]:
+    """Field names of the model reached by following ``loc`` from :class:`Recipe`."""
+    return list(getattr(_walk(loc)[1], "model_fields", {}))
+
+
+def _tags_at(loc: tuple) -> list[str]:
+    """The ``kind`` values of the tagged union at ``loc`` (``prune.schedule``)."""
+    *parent, name = loc
+    field = getattr(_walk(tuple(parent))[1], "model_fields", {}).get(name)
+    return [tag for tag in map(_tag_of, _models_of(field.annotation) if field else []) if tag]
+
+
+def _explain(exc: ValidationError, source: str, origins: Optional[dict[str, str]] = None) -> str:
+    """One line: the file, then each problem (usually one) with its key path and fix, joined by "; ".
+
+    ``origins`` (dotted key -> file, for values a parent recipe set) names that file after
+    the key, so an inherited bad value is not blamed on the file that merely extends it.
+    """
+    origins = origins or {}
     lines = []
     for err in exc.errors():
         loc = tuple(err["loc"])
-        key = ".".join(str(p) for p in loc) or "(top level)"
+        shown, _ = _walk(loc)
+        key = ".".join(shown) or "(top level)"
+        where = f" (set in {origins[key]})" if key in origins else ""
         kind = err["type"]
         if kind == "extra_forbidden":
             known = _fields_at(loc[:-1])
             hint = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.7)  # 0.5 offered "prune" for "tempreature"
-            fix = f"did you mean '{'.'.join([*map(str, loc[:-1]), hint[0]])}'?" if hint else f"allowed here: {', '.join(known)}"
-            lines.append(f"unknown key '{key}'; {fix}")
+            fix = f"did you mean '{'.'.join([*shown[:-1], hint[0]])}'?" if hint else f"allowed here: {', '.join(known)}"
+            lines.append(f"unknown key '{key}'{where}; {fix}")
         elif kind == "missing":
             lines.append(f"missing required key '{key}'; add it")
+        elif kind in ("union_tag_not_found", "union_tag_invalid"):
+            tags = _tags_at(loc)
+            problem = (f"kind '{err['ctx']['tag']}' is not one of {', '.join(tags)}" if kind == "union_tag_invalid"
+                       else f"needs a kind, one of {', '.join(tags)}")
+            lines.append(f"'{key}'{where}: {problem}; e.g. {key}: {{kind: {tags[0]}}}")
         elif not loc or kind == "value_error" and isinstance(err.get("input"), dict):
             # model-level checks already name their keys in the message
             lines.append(f"{err['msg'].removeprefix('Value error, ')}")
         else:
             got = err.get("input")
-            shown = json.dumps(got, default=str) if not isinstance(got, dict) else "a mapping"
+            shown_value = json.dumps(got, default=str) if not isinstance(got, dict) else "a mapping"
             message = err["msg"].removeprefix("Value error, ")
-            lines.append(f"'{key}': {message} (got {shown})")
+            lines.append(f"'{key}'{where}: {message} (got {shown_value})")
     return f"{source}: " + "; ".join(lines)
 
 
@@ -813,6 +903,19 @@ def inherited_settings(recipe: Recipe) -> dict[str, str]:
         A new dict, sorted by key.
     """
     return dict(sorted(recipe._inherited.items()))
+
+
+def layer_name_keys(recipe: Recipe) -> list[str]:
+    """The keys of ``recipe`` that name the student's layers (checked at build start, not by validate)."""
+    keys = []
+    if recipe.prune is not None:
+        keys += [f"prune.{key}" for key in ("include", "exclude")
+                 if getattr(recipe.prune, key) != type(recipe.prune).model_fields[key].get_default(call_default_factory=True)]
+    if recipe.qat is not None and recipe.qat.keep_float:
+        keys.append("qat.keep_float")
+    if recipe.quantize.mixed:
+        keys.append("quantize.mixed")
+    return keys
 
 
 def _active_augmentations(recipe: Recipe) -> dict[str, Any]:

@@ -442,3 +442,75 @@ def test_extends_replaces_a_schedule_whose_kind_changes(tmp_path):
     assert recipe.prune.schedule.kind == "constant" and recipe.prune.sparsity == 0.5
     # Same kind: still merged key by key.
     assert deep_merge({"s": {"kind": "a", "x": 1}}, {"s": {"kind": "a", "y": 2}}) == {"s": {"kind": "a", "x": 1, "y": 2}}
+
+
+@pytest.mark.parametrize("schedule, needle", [
+    # pydantic puts the union's tag into the path (prune.schedule.polynomial_decay.power);
+    # the message shows the key the user writes and the keys allowed for that kind.
+    ("{kind: polynomial_decay, inital_sparsity: 0.1}",
+     "unknown key 'prune.schedule.inital_sparsity'; did you mean 'prune.schedule.initial_sparsity'?"),
+    ("{kind: polynomial_decay, power: 0}", "'prune.schedule.power': Input should be greater than 0"),
+    ("{kind: constant, power: 2}", "unknown key 'prune.schedule.power'; allowed here: kind"),
+    ("{power: 2}", "'prune.schedule': needs a kind, one of constant, polynomial_decay; e.g. prune.schedule: {kind: constant}"),
+    ("{kind: linear}", "'prune.schedule': kind 'linear' is not one of constant, polynomial_decay"),
+    ("linear", "kind 'linear' is not one of constant, polynomial_decay"),
+])
+def test_schedule_errors_name_the_key_the_user_writes(tmp_path, schedule, needle):
+    message = error_of(write(tmp_path, "r.yaml", f"name: r\nprune: {{schedule: {schedule}}}\n"))
+    assert needle in message and "polynomial_decay." not in message, message
+
+
+def test_a_schedule_may_be_named_by_its_kind_alone(tmp_path):
+    recipe = load_recipe(write(tmp_path, "r.yaml", "name: r\nprune: {schedule: constant}\n"))
+    assert recipe.prune.schedule.kind == "constant"
+
+
+def test_a_bad_inherited_value_names_the_parent_that_set_it(tmp_path):
+    write(tmp_path, "parent.yaml", "name: p\nprune: {sparsity: 1.5}\n")
+    message = error_of(write(tmp_path, "child.yaml", "extends: parent.yaml\nname: c\n"))
+    assert message.startswith(f"{tmp_path / 'child.yaml'}: 'prune.sparsity' (set in {tmp_path / 'parent.yaml'})"), message
+
+
+def test_m_by_n_written_as_strings_still_sets_its_sparsity(tmp_path):
+    """The pair is converted as the field converts it before its M/N is compared with
+    prune.sparsity: ["1", "4"] beside sparsity 0.9 used to pass and record 0.9."""
+    assert load_recipe(write(tmp_path, "a.yaml", 'name: a\nprune: {m_by_n: ["1", "4"]}\n')).prune.sparsity == 0.25
+    assert "sets the sparsity to 0.25" in error_of(write(tmp_path, "b.yaml", 'name: b\nprune: {m_by_n: ["1", "4"], sparsity: 0.9}\n'))
+    # An impossible pair is reported as such, also beside `sparsity: null`.
+    assert "need 1 <= M < N <= 64" in error_of(write(tmp_path, "c.yaml", "name: c\nprune: {m_by_n: [2, 128], sparsity: null}\n"))
+
+
+def test_m_by_n_replaces_a_sparsity_set_further_away(tmp_path):
+    """M:N fixes the sparsity; a parent's (or the file's, under --set) prune.sparsity yields to
+    the pair the user wrote nearer, instead of sending them to edit the parent."""
+    write(tmp_path, "parent.yaml", "name: p\nprune: {sparsity: 0.5}\n")
+    child = write(tmp_path, "child.yaml", "extends: parent.yaml\nname: c\nprune: {m_by_n: [1, 4]}\n")
+    assert load_recipe(child).prune.sparsity == 0.25
+    parent = tmp_path / "parent.yaml"
+    assert load_recipe(parent, ["prune.m_by_n=[1, 8]"]).prune.sparsity == 0.125
+    # Both written in the same place and disagreeing: refused.
+    assert "sets the sparsity to 0.125" in error_of(parent, ["prune.m_by_n=[1, 8]", "prune.sparsity=0.5"])
+    own = write(tmp_path, "own.yaml", "extends: parent.yaml\nname: o\nprune: {m_by_n: [1, 4], sparsity: 0.5}\n")
+    assert "sets the sparsity to 0.25" in error_of(own)
+
+
+def test_a_folder_is_not_a_recipe(tmp_path):
+    (tmp_path / "sub").mkdir()
+    assert "is a folder" in error_of(tmp_path / "sub")
+    message = error_of(write(tmp_path, "r.yaml", "extends: sub\nname: r\n"))
+    assert "extends 'sub', which is a folder" in message, message
+
+
+def test_validate_says_which_layer_names_it_left_to_the_build(tmp_path):
+    """Layer names need the student built in TensorFlow, which validate never imports: it
+    says they are checked at build start rather than calling them valid."""
+    from helpers import run_edgecnn
+
+    recipe = write(tmp_path, "r.yaml", f"extends: {REPO / 'recipes' / 'quickstart_prune_qat.yaml'}\nname: r\n"
+                   "prune: {exclude: [no_such_layer]}\nqat: {keep_float: [Conv1]}\n")
+    proc = run_edgecnn("validate", str(recipe), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == ("  layer names in prune.exclude, qat.keep_float are checked against "
+                                            "the student when the build starts")
+    plain = run_edgecnn("validate", str(REPO / "recipes" / "quickstart_prune_qat.yaml"), timeout=120)
+    assert plain.returncode == 0 and "layer names" not in plain.stdout
