@@ -848,7 +848,9 @@ def _explain(exc: ValidationError, source: str, origins: Optional[dict[str, str]
         loc = tuple(err["loc"])
         shown, _ = _walk(loc)
         key = ".".join(shown) or "(top level)"
-        where = f" (set in {origins[key]})" if key in origins else ""
+        # The value's own key, or the list or mapping it sits in (`export.formats` for `export.formats.0`).
+        setter = next((origins[k] for k in (".".join(shown[:i]) for i in range(len(shown), 0, -1)) if k in origins), None)
+        where = f" (set in {setter})" if setter else ""
         kind = err["type"]
         if kind == "extra_forbidden":
             known = _fields_at(loc[:-1])
