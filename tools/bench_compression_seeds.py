@@ -10,7 +10,8 @@ starts from the student that seed's edgecnn build distilled). This script reads 
 ``compression.json``, checks that the runs differ only in their seed (same base recipe, the
 same ``--set`` overrides besides ``seed``, the same fine-tune epochs and batch sizes, the
 same test images), and prints, for each mode, each seed's difference (edgecnn - tfmot, in
-points of int8 top-1 accuracy), their mean and the smallest. Output: a table on stdout and
+points of int8 top-1 accuracy), each arm's mean accuracy, the differences' mean, sample
+standard deviation and smallest. Output: a table on stdout and
 ``OUT/compression_seeds.json`` + ``OUT/compression_seeds.md`` (written atomically).
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -69,7 +71,12 @@ def combine(runs: list[Path]) -> dict:
                      "difference_points": r["rows"][i]["difference_points"]} for seed, r in zip(seeds, reports)]
         differences = [s["difference_points"] for s in per_seed]
         rows.append({"mode": row["mode"], "epochs": row["epochs"], "seeds": per_seed,
-                     "mean_difference_points": round(sum(differences) / len(differences), 3),
+                     "mean_tfmot": round(statistics.fmean(s["tfmot"] for s in per_seed), 5),
+                     "mean_edgecnn": round(statistics.fmean(s["edgecnn"] for s in per_seed), 5),
+                     "mean_difference_points": round(statistics.fmean(differences), 3),
+                     # Sample standard deviation (n - 1) of the per-seed differences: how far one
+                     # seed's difference strays, so whether the mean can be told from a target.
+                     "sd_difference_points": round(statistics.stdev(differences), 3),
                      "min_difference_points": min(differences)})
     return {"what": "edgecnn - plain tfmot, points of int8 top-1 accuracy on ai-edge-litert, one row per mode, "
                     "one column per seed (tools/bench_compression.py runs)",
@@ -78,10 +85,12 @@ def combine(runs: list[Path]) -> dict:
 
 def make_table(report: dict) -> tuple[str, str]:
     head = ("mode", "epochs", *(f"seed {s}: tfmot / edgecnn (diff)" for s in report["seeds"]),
-            "mean diff", "smallest diff")
+            "mean: tfmot / edgecnn", "mean diff", "sd", "smallest diff")
     body = [(row["mode"], row["epochs"],
              *(f"{100 * s['tfmot']:.2f} / {100 * s['edgecnn']:.2f} ({s['difference_points']:+.2f})" for s in row["seeds"]),
-             f"{row['mean_difference_points']:+.2f}", f"{row['min_difference_points']:+.2f}") for row in report["rows"]]
+             f"{100 * row['mean_tfmot']:.2f} / {100 * row['mean_edgecnn']:.2f}",
+             f"{row['mean_difference_points']:+.2f}", f"{row['sd_difference_points']:.2f}",
+             f"{row['min_difference_points']:+.2f}") for row in report["rows"]]
     return render_table(head, body)
 
 
@@ -102,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     write_text_atomic(args.out / "compression_seeds.md",
                       f"# edgecnn vs plain tfmot over seeds {', '.join(map(str, report['seeds']))} "
                       f"({Path(report['base_recipe']).name}, {report['test_images']} test images, int8 on ai-edge-litert)"
-                      f"\n\n{md}\n\nDifference = edgecnn - tfmot (points). Runs: "
+                      f"\n\n{md}\n\nDifference = edgecnn - tfmot (points); sd = sample standard deviation of the differences. Runs: "
                       f"{', '.join(f'`{r}`' for r in report['runs'])}.\n")
     print(f"{text}\n\nwritten {args.out / 'compression_seeds.json'} and {args.out / 'compression_seeds.md'}")
 
