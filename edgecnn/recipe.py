@@ -655,9 +655,10 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         provenance.origin = {k: f for k, f in provenance.origin.items()
                              if not (k == key or k.startswith(key + ".") or key.startswith(k + "."))}
     inherited = {key: origin for key, origin in provenance.origin.items() if origin != str(path)}
-    _prefer_own_m_by_n(raw, inherited, overridden)
+    if _prefer_own_m_by_n(raw, inherited, overridden):
+        inherited.pop("prune.sparsity", None)  # now M/N, this recipe's own value
     recipe = validate_recipe(raw, source=str(path), origins=inherited)
-    recipe._inherited = {key: origin for key, origin in provenance.origin.items() if origin != str(path)}
+    recipe._inherited = inherited
     recipe._source = str(path)
     recipe._parent_file = provenance.parent_file
     recipe._parent_data = dict(provenance.parent_data)
@@ -675,7 +676,7 @@ def validate_recipe(raw: dict, source: str = "<recipe>", origins: Optional[dict[
         raise RecipeError(_explain(exc, source, origins)) from None
 
 
-def _prefer_own_m_by_n(raw: dict, inherited: dict[str, str], overridden: set[str]) -> None:
+def _prefer_own_m_by_n(raw: dict, inherited: dict[str, str], overridden: set[str]) -> bool:
     """Drop ``prune.sparsity`` when it was set further away than ``prune.m_by_n``.
 
     M:N fixes the sparsity at M/N, so a child asking for ``[1, 4]`` under a parent's
@@ -686,8 +687,10 @@ def _prefer_own_m_by_n(raw: dict, inherited: dict[str, str], overridden: set[str
     own = "prune.m_by_n" not in inherited
     farther = ("prune.sparsity" in inherited
                or "prune.m_by_n" in overridden and "prune.sparsity" not in overridden)
-    if isinstance(prune, dict) and prune.get("m_by_n") is not None and own and farther:
+    if isinstance(prune, dict) and prune.get("m_by_n") is not None and own and farther and "sparsity" in prune:
         raw["prune"] = {key: value for key, value in prune.items() if key != "sparsity"}
+        return True
+    return False
 
 
 def _read_yaml(path: Path) -> dict:

@@ -483,9 +483,12 @@ def test_m_by_n_written_as_strings_still_sets_its_sparsity(tmp_path):
 def test_m_by_n_replaces_a_sparsity_set_further_away(tmp_path):
     """M:N fixes the sparsity; a parent's (or the file's, under --set) prune.sparsity yields to
     the pair the user wrote nearer, instead of sending them to edit the parent."""
+    from edgecnn.recipe import inherited_settings
+
     write(tmp_path, "parent.yaml", "name: p\nprune: {sparsity: 0.5}\n")
     child = write(tmp_path, "child.yaml", "extends: parent.yaml\nname: c\nprune: {m_by_n: [1, 4]}\n")
     assert load_recipe(child).prune.sparsity == 0.25
+    assert "prune.sparsity" not in inherited_settings(load_recipe(child))  # 0.25 is the child's, not the parent's
     parent = tmp_path / "parent.yaml"
     assert load_recipe(parent, ["prune.m_by_n=[1, 8]"]).prune.sparsity == 0.125
     # Both written in the same place and disagreeing: refused.
