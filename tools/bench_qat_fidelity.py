@@ -31,9 +31,6 @@ def measure(run: Path, x_test: np.ndarray, y_test: np.ndarray) -> dict:
     from edgecnn.runtime.interpreter import make_interpreter, predict
     from edgecnn.stages.common import load_model
 
-    for name in ("qat.keras", "qat_int8.tflite"):
-        if not (run / name).is_file():
-            raise SystemExit(f"{run / name}: not found; give the folder of a build with a qat stage")
     keras_top1 = load_model(run / "qat.keras", "qat.keras").predict(x_test, batch_size=256, verbose=0).argmax(-1)
     scores = predict(make_interpreter(run / "qat_int8.tflite", threads=2), x_test, batch_size=64)
     scores = scores.reshape(len(x_test), -1)
@@ -56,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="the recipe the runs share (for the test images and their normalization)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench_out" / "qat_fidelity")
     args = parser.parse_args(argv)
+    for run in args.runs:  # before the data loads
+        for name in ("qat.keras", "qat_int8.tflite"):
+            if not (run / name).is_file():
+                raise SystemExit(f"{run / name}: not found; give the folder of a build with a qat stage")
 
     from edgecnn.data import load_dataset
     from edgecnn.fileio import make_dirs, write_json_atomic, write_text_atomic
