@@ -839,6 +839,16 @@ def _tags_at(loc: tuple) -> list[str]:
     return [tag for tag in map(_tag_of, _models_of(field.annotation) if field else []) if tag]
 
 
+def _set_in(origins: dict[str, str], shown: list[str]) -> str:
+    """`` (set in FILE)`` when a parent file set the value at ``shown``, or the list or mapping
+    it sits in (``export.formats`` for ``export.formats.0``); else ""."""
+    for end in range(len(shown), 0, -1):
+        setter = origins.get(".".join(shown[:end]))
+        if setter:
+            return f" (set in {setter})"
+    return ""
+
+
 def _explain(exc: ValidationError, source: str, origins: Optional[dict[str, str]] = None) -> str:
     """One line: the file, then each problem (usually one) with its key path and fix, joined by "; ".
 
@@ -851,9 +861,7 @@ def _explain(exc: ValidationError, source: str, origins: Optional[dict[str, str]
         loc = tuple(err["loc"])
         shown, _ = _walk(loc)
         key = ".".join(shown) or "(top level)"
-        # The value's own key, or the list or mapping it sits in (`export.formats` for `export.formats.0`).
-        setter = next((origins[k] for k in (".".join(shown[:i]) for i in range(len(shown), 0, -1)) if k in origins), None)
-        where = f" (set in {setter})" if setter else ""
+        where = _set_in(origins, shown)
         kind = err["type"]
         if kind == "extra_forbidden":
             known = _fields_at(loc[:-1])

@@ -92,8 +92,8 @@ MODES = (
 # section), and which int8 file (by artifact role) of that build each mode reads.
 EDGECNN_BUILDS = ("pqat", "2by4", "qat")
 # Builds that extend a recipe of their own (full data only): the recipe a user of that mode
-# alone runs, whose fine-tune rate was chosen on its validation split (QAT of the distilled
-# student alone: 5e-4 constant, where after pruning a lower rate keeps more).
+# alone runs, whose fine-tune rates were chosen on the validation split for that mode (both
+# happen to keep the base recipe's rates; a mode whose best rate differs sets its own there).
 MODE_RECIPES = {"qat": ROOT / "recipes" / "fashion_mnist_qat.yaml",
                 "2by4": ROOT / "recipes" / "fashion_mnist_2by4.yaml"}
 EDGECNN_FILES = {

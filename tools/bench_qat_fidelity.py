@@ -28,15 +28,15 @@ sys.path.insert(0, str(ROOT))
 
 
 def measure(run: Path, x_test: np.ndarray, y_test: np.ndarray) -> dict:
-    from edgecnn.runtime.interpreter import make_interpreter, predict
+    from edgecnn.runtime.interpreter import make_interpreter, output_specs, predict
     from edgecnn.stages.common import load_model
 
     keras_top1 = load_model(run / "qat.keras", "qat.keras").predict(x_test, batch_size=256, verbose=0).argmax(-1)
-    scores = predict(make_interpreter(run / "qat_int8.tflite", threads=2), x_test, batch_size=64)
-    scores = scores.reshape(len(x_test), -1)
+    interpreter = make_interpreter(run / "qat_int8.tflite", threads=2)
+    step = output_specs(interpreter)[0].scale  # one int8 step of the (dequantized) scores
+    scores = predict(interpreter, x_test, batch_size=64).reshape(len(x_test), -1)
     int8_top1 = scores.argmax(-1)
     top2 = np.sort(scores, axis=-1)[:, -2:]
-    step = (top2[:, 1] - top2[:, 0]).min(initial=np.inf, where=top2[:, 1] > top2[:, 0])  # one output step
     near_tie = (top2[:, 1] - top2[:, 0]) <= step * 1.001
     differ = keras_top1 != int8_top1
     return {"run": str(run), "keras_accuracy": round(float((keras_top1 == y_test).mean()), 5),
